@@ -149,3 +149,15 @@ class Layer:
             raise ShapeError(f"{self!r}: dout has shape {tuple(dout.shape)} but forward produced {tuple(out_shape)}")
         cache, self._cache = self._cache, None
         return cache
+
+
+def layer_to_config(layer: Layer) -> dict:
+    """{"type": class name, "config": get_config()}: enough to rebuild the layer without code."""
+    return {"type": type(layer).__name__, "config": layer.get_config()}
+
+
+def layer_from_config(spec: dict) -> Layer:
+    """Inverse of ``layer_to_config``; unknown types raise ConfigError listing the known ones."""
+    if not isinstance(spec, dict) or "type" not in spec:
+        raise ConfigError(f"a layer config must be a dict with 'type' and 'config', got {spec!r}")
+    return get_layer_class(spec["type"]).from_config(spec.get("config", {}))
