@@ -2,8 +2,9 @@
 
 from . import losses
 from .errors import ConfigError, ConvnpError, DataError, ShapeError, StateError
-from .layers import (ELU, BatchNorm1d, BatchNorm2d, Dropout, Dropout2d, Flatten, Layer, LeakyReLU, Linear,
-                     LocalResponseNorm, ReLU, Sigmoid, Tanh)
+from .layers import (ELU, AvgPool2d, BatchNorm1d, BatchNorm2d, Dropout, Dropout2d, Flatten, GlobalAvgPool2d, Layer,
+                     LeakyReLU, Linear, LocallyConnected2d, LocalResponseNorm, LPPool2d, MaxPool2d, ReLU, Sigmoid,
+                     Tanh)
 from .losses import MulticlassSVM, SoftmaxCrossEntropy, probabilities
 
 __version__ = "0.1.0"
