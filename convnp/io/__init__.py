@@ -1,0 +1,1 @@
+"""Saved models (safetensors), torch state_dict import/export and ONNX export."""
