@@ -6,5 +6,8 @@ from .layers import (ELU, AvgPool2d, BatchNorm1d, BatchNorm2d, Dropout, Dropout2
                      LeakyReLU, Linear, LocallyConnected2d, LocalResponseNorm, LPPool2d, MaxPool2d, ReLU, Sigmoid,
                      Tanh)
 from .losses import MulticlassSVM, SoftmaxCrossEntropy, probabilities
+from .nets import (Add, BasicBlock, Bottleneck, Concat, Graph, Inception, Sequential, conv_bn_relu, inception_block,
+                   residual_block)
+from .spec import SpecError, parse, to_spec
 
 __version__ = "0.1.0"

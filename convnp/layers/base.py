@@ -9,6 +9,8 @@ Shapes passed to ``output_shape`` exclude the batch axis, e.g. (C, H, W).
 
 from __future__ import annotations
 
+import importlib
+
 import numpy as np
 
 from ..errors import ConfigError, ShapeError, StateError
@@ -156,8 +158,14 @@ def layer_to_config(layer: Layer) -> dict:
     return {"type": type(layer).__name__, "config": layer.get_config()}
 
 
-def layer_from_config(spec: dict) -> Layer:
+def layer_from_config(entry: dict, where: str = "layer") -> Layer:
     """Inverse of ``layer_to_config``; unknown types raise ConfigError listing the known ones."""
-    if not isinstance(spec, dict) or "type" not in spec:
-        raise ConfigError(f"a layer config must be a dict with 'type' and 'config', got {spec!r}")
-    return get_layer_class(spec["type"]).from_config(spec.get("config", {}))
+    if not isinstance(entry, dict) or "type" not in entry:
+        raise ConfigError(f"{where}: expected a dict with 'type' and 'config', got {entry!r}")
+    if entry["type"] not in LAYER_TYPES:  # its module may not be imported yet: convnp imports them all
+        importlib.import_module("convnp")
+    cls = get_layer_class(entry["type"])
+    try:
+        return cls.from_config(dict(entry.get("config", {})))
+    except TypeError as err:  # unknown or missing constructor arguments
+        raise ConfigError(f"{where}: cannot build {entry['type']} from {entry.get('config')!r}: {err}") from None
