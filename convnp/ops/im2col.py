@@ -143,3 +143,42 @@ def col2im(dcols, x_shape, kernel, stride, padding, dilation):
             c0 = j * dilation[1]
             dxp[:, :, r0:r0 + sh * (oh - 1) + 1:sh, c0:c0 + sw * (ow - 1) + 1:sw] += dcols[:, :, :, :, i, j]
     return dxp[:, :, padding[0]:padding[0] + h, padding[1]:padding[1] + w]
+
+
+# --- channels-last (NHWC) helpers: the layout the conv kernels use internally -----------------------
+
+def padded_hw(in_hw, out_hw, kernel, stride, padding, dilation) -> tuple[int, int]:
+    """(HP, WP) of the padded input that ``out_hw`` windows read: H+2P plus any ceil-mode overhang."""
+    return tuple(
+        size + 2 * pad + _extra_padding(size, out, k, s, pad, d)
+        for size, out, k, s, pad, d in zip(in_hw, out_hw, kernel, stride, padding, dilation)
+    )
+
+
+def windows_nhwc(xpad, kernel, stride, dilation, out_hw):
+    """Windows of an already padded NHWC array as a read-only view of shape (N, OH, OW, KH, KW, C).
+
+    Copying the view into a C-contiguous (N, OH, OW, KH, KW, C) buffer gives the im2col matrix
+    (N*OH*OW, KH*KW*C) whose rows are ordered like ``w.transpose(2, 3, 1, 0)``.
+    """
+    xp = array_module(xpad)
+    n, _, _, c = xpad.shape
+    sn, sh, sw, sc = xpad.strides
+    shape = (n, out_hw[0], out_hw[1], kernel[0], kernel[1], c)
+    strides = (sn, sh * stride[0], sw * stride[1], sh * dilation[0], sw * dilation[1], sc)
+    return xp.lib.stride_tricks.as_strided(xpad, shape=shape, strides=strides, writeable=False)
+
+
+def col2im_nhwc(dcols, dxpad, kernel, stride, dilation):
+    """Scatter-add window gradients (N, OH, OW, KH, KW, C) into the padded NHWC ``dxpad`` in place.
+
+    The adjoint of ``windows_nhwc``: one strided slice-add per kernel tap.
+    """
+    oh, ow = dcols.shape[1:3]
+    sh, sw = stride
+    for i in range(kernel[0]):
+        r0 = i * dilation[0]
+        for j in range(kernel[1]):
+            c0 = j * dilation[1]
+            dxpad[:, r0:r0 + sh * (oh - 1) + 1:sh, c0:c0 + sw * (ow - 1) + 1:sw, :] += dcols[:, :, :, i, j, :]
+    return dxpad

@@ -1,0 +1,136 @@
+"""The ``convnp`` command: thin argument parsing over the library."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def _cmd_train(args) -> int:
+    from .train.run import RunConfig, train_run
+
+    cfg = RunConfig(data=args.data, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
+                    optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
+                    augment=args.augment, label_smoothing=args.label_smoothing, loss=args.loss, seed=args.seed,
+                    limit=args.limit, out_dir=args.out, data_dir=args.data_dir,
+                    checkpoint_every=args.checkpoint_every)
+    result = train_run(cfg, resume=args.resume, progress=not args.quiet)
+    print(f"test accuracy: {result['test_accuracy']:.4f} ({result['config'].model} on {result['config'].data}, "
+          f"{result['train_time']:.0f}s of training)")
+    print(f"outputs: {result['out_dir']} (model.safetensors, checkpoint.safetensors, history.json)")
+    return 0
+
+
+def _load_with_meta(path):
+    from .io.model_file import load_model
+
+    return load_model(path, with_meta=True)
+
+
+def _cmd_eval(args) -> int:
+    import numpy as np
+
+    from .data import DataLoader, load_dataset
+    from .data.transforms import Normalize
+    from .losses import SoftmaxCrossEntropy
+
+    net, extra = _load_with_meta(args.model)
+    data = args.data or extra.get("dataset")
+    test = load_dataset(data, args.split, data_dir=args.data_dir)
+    norm = Normalize(extra["mean"], extra["std"]) if "mean" in extra else None
+    correct = total = 0
+    loss_sum = 0.0
+    for x, y in DataLoader(test, batch_size=256, transform=norm):
+        scores = net.forward(x)
+        loss_sum += SoftmaxCrossEntropy()(scores, y)[0] * len(y)
+        correct += int(np.sum(scores.argmax(1) == y))
+        total += len(y)
+    print(f"{data} {args.split}: accuracy {correct / total:.4f}, loss {loss_sum / total:.4f} ({total} images)")
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from .predict import predict_images
+
+    net, extra = _load_with_meta(args.model)
+    for path, top in predict_images(net, extra, args.images, k=args.top):
+        shown = ", ".join(f"{name} {p:.3f}" for name, p in top)
+        print(f"{path}: {shown}")
+    return 0
+
+
+def _cmd_data(args) -> int:
+    from .data import fetch, info
+
+    if args.action == "fetch":
+        print(f"{args.name}: cached in {fetch(args.name, data_dir=args.data_dir)}")
+    else:
+        print(info(args.name, data_dir=args.data_dir))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="convnp", description="ConvNets in NumPy, after the CS231n notes.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train", help="train a model on a dataset (defaults: lenet5 on MNIST)",
+                       description="Train a zoo model or a spec string on a dataset; every option left out "
+                                   "takes the dataset's recipe.")
+    p.add_argument("--model", help="zoo name (convnp summary --list) or a spec string like 'INPUT[28x28x1] -> ...'")
+    p.add_argument("--data", default="mnist", help="dataset name (default mnist)")
+    p.add_argument("--epochs", type=int)
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--lr", type=float, help="peak learning rate")
+    p.add_argument("--optimizer", help="sgd, momentum, nesterov, adagrad, rmsprop, adam, adamw")
+    p.add_argument("--weight-decay", type=float)
+    p.add_argument("--schedule", help="constant, step, cosine, onecycle, warmup_linear, ...")
+    p.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                   help="random crop (padding 4) and horizontal flip")
+    p.add_argument("--label-smoothing", type=float)
+    p.add_argument("--loss", default="softmax", choices=["softmax", "svm"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--limit", type=int, help="train on the first N examples only")
+    p.add_argument("--out", default="runs/latest", help="output directory (default runs/latest)")
+    p.add_argument("--data-dir", help="dataset cache (default $CONVNP_DATA or ~/.cache/convnp)")
+    p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps (default: each epoch)")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="accuracy of a saved model on a dataset split")
+    p.add_argument("model", help="a saved model (model.safetensors)")
+    p.add_argument("--data", help="dataset (default: the one it was trained on)")
+    p.add_argument("--split", default="test", choices=["train", "test"])
+    p.add_argument("--data-dir")
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("predict", help="top-k classes of image files")
+    p.add_argument("model", help="a saved model (model.safetensors)")
+    p.add_argument("images", nargs="+", help="PNG/JPEG files")
+    p.add_argument("--top", type=int, default=3)
+    p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("data", help="fetch a dataset into the cache, or describe it")
+    p.add_argument("action", choices=["fetch", "info"])
+    p.add_argument("name", help="mnist, fashion_mnist, cifar10, cifar100, digits")
+    p.add_argument("--data-dir")
+    p.set_defaults(func=_cmd_data)
+    return parser
+
+
+def main(argv=None) -> int:
+    from .errors import ConvnpError
+
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ConvnpError as err:
+        print(f"convnp {args.command}: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"convnp {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,100 @@
+"""Convolutional layers."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ConfigError
+from ..ops.conv import conv2d_backward, conv2d_forward
+from ..ops.im2col import ROUNDING_MODES, output_hw, pair
+from .base import Layer, check_dtype, he_normal, make_rng
+
+
+class Conv2d(Layer):
+    """2-D convolution (cross-correlation, like PyTorch's ``nn.Conv2d``) over NCHW input.
+
+    Input (N, C, H, W) -> output (N, K, OH, OW) with K = ``out_channels`` and
+
+        OH = (H - dilation*(KH-1) - 1 + 2*padding) / stride + 1      (likewise OW)
+
+    which must be an integer unless ``rounding`` is "floor" (PyTorch's behaviour: the last
+    partial window is dropped) or "ceil". Params: "weight" (K, C, KH, KW), He-normal with
+    fan_in = C*KH*KW, and "bias" (K,), zeros. ``kernel_size``, ``stride``, ``padding`` and
+    ``dilation`` take an int or an (h, w) pair.
+    """
+
+    def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
+                 bias=True, rounding="exact", rng=None, dtype="float32"):
+        super().__init__()
+        for name, value in (("in_channels", in_channels), ("out_channels", out_channels)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ConfigError(f"Conv2d: {name} must be a positive int, got {value!r}")
+        if not isinstance(bias, bool):
+            raise ConfigError(f"Conv2d: bias must be True or False, got {bias!r}")
+        if rounding not in ROUNDING_MODES:
+            raise ConfigError(f"Conv2d: rounding must be one of {ROUNDING_MODES}, got {rounding!r}")
+        self.in_channels, self.out_channels = int(in_channels), int(out_channels)
+        self.kernel_size = pair(kernel_size, "Conv2d: kernel_size")
+        self.stride = pair(stride, "Conv2d: stride")
+        self.padding = pair(padding, "Conv2d: padding", minimum=0)
+        self.dilation = pair(dilation, "Conv2d: dilation")
+        self.rounding = rounding
+        self.dtype = check_dtype(dtype)
+        kh, kw = self.kernel_size
+        fan_in = self.in_channels * kh * kw
+        self.params["weight"] = he_normal(make_rng(rng), (self.out_channels, self.in_channels, kh, kw),
+                                          fan_in, self.dtype)
+        if bias:
+            self.params["bias"] = np.zeros(self.out_channels, self.dtype)
+        self._out_shape = None
+
+    # --- the contract -------------------------------------------------------------------------
+    def output_shape(self, input_shape: tuple) -> tuple:
+        """(C, H, W) -> (K, OH, OW); ShapeError if the channels or the geometry do not fit."""
+        c, h, w = self._check_shape(input_shape, 3, self.in_channels)
+        oh, ow = output_hw((h, w), self.kernel_size, self.stride, self.padding, self.dilation,
+                           self.rounding, layer=repr(self))
+        return self.out_channels, oh, ow
+
+    def forward(self, x, train: bool = False):
+        """(N, C, H, W) -> (N, K, OH, OW), im2col + one matrix multiply per chunk of images."""
+        self._check_input(x, 4, self.in_channels)
+        out, cache = conv2d_forward(x, self.params["weight"], self.params.get("bias"), self.stride,
+                                    self.padding, self.dilation, self.rounding, layer=repr(self))
+        self._cache, self._out_shape = cache, out.shape
+        return out
+
+    def backward(self, dout):
+        """dout (N, K, OH, OW) -> dx (N, C, H, W); fills grads "weight" (and "bias")."""
+        cache = self._pop_cache(dout, self._out_shape)
+        dx, dw, db = conv2d_backward(dout, cache)
+        self.grads = {"weight": dw}
+        if db is not None:
+            self.grads["bias"] = db
+        return dx
+
+    def get_config(self) -> dict:
+        return {
+            "in_channels": self.in_channels, "out_channels": self.out_channels,
+            "kernel_size": _plain(self.kernel_size, list), "stride": _plain(self.stride, list),
+            "padding": _plain(self.padding, list), "dilation": _plain(self.dilation, list),
+            "bias": "bias" in self.params, "rounding": self.rounding, "dtype": self.dtype.name,
+        }
+
+    def extra_repr(self) -> str:
+        """Like PyTorch: ``3, 96, kernel_size=11, stride=4``; defaults are left out."""
+        parts = [f"{self.in_channels}, {self.out_channels}, kernel_size={_plain(self.kernel_size)}"]
+        for name, default in (("stride", (1, 1)), ("padding", (0, 0)), ("dilation", (1, 1))):
+            value = getattr(self, name)
+            if value != default:
+                parts.append(f"{name}={_plain(value)}")
+        if "bias" not in self.params:
+            parts.append("bias=False")
+        if self.rounding != "exact":
+            parts.append(f"rounding={self.rounding!r}")
+        return ", ".join(parts)
+
+
+def _plain(p, kind=tuple):
+    """An (h, w) pair as one int when both are equal, else as ``kind`` (list for JSON, tuple for repr)."""
+    return p[0] if p[0] == p[1] else kind(p)
