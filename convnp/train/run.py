@@ -74,11 +74,12 @@ class RunConfig:
 
 def build_net(model: str, input_shape: tuple, num_classes: int, seed: int):
     """A zoo model by name, or a net from a spec string (anything containing '->')."""
-    from ..models import get_model
-    from ..spec import parse
-
     if "->" in model:
+        from ..spec import parse
+
         return parse(model, input_shape=input_shape, rng=seed)
+    from ..models import get_model
+
     return get_model(model, num_classes=num_classes, input_shape=input_shape, rng=seed)
 
 
