@@ -1,10 +1,11 @@
 """convnp: ConvNets in NumPy, following the CS231n ConvNet notes."""
 
-from . import losses
+from . import losses, models
 from .errors import ConfigError, ConvnpError, DataError, ShapeError, StateError
-from .layers import (ELU, AvgPool2d, BatchNorm1d, BatchNorm2d, Dropout, Dropout2d, Flatten, GlobalAvgPool2d, Layer,
+from .layers import (ELU, Conv2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Dropout, Dropout2d, Flatten, GlobalAvgPool2d, Layer,
                      LeakyReLU, Linear, LocallyConnected2d, LocalResponseNorm, LPPool2d, MaxPool2d, ReLU, Sigmoid,
                      Tanh)
+from .io.model_file import load_model as load
 from .losses import MulticlassSVM, SoftmaxCrossEntropy, probabilities
 from .nets import (Add, BasicBlock, Bottleneck, Concat, Graph, Inception, Sequential, conv_bn_relu, inception_block,
                    residual_block)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError, ShapeError, StateError
-from ..layers.base import LAYER_TYPES, Layer, check_dtype, layer_from_config, layer_to_config  # noqa: F401 (re-exported)
+from ..layers.base import LAYER_TYPES, Layer, check_dtype
 
 def relocate(err: Exception, name: str, extra: str = ""):
     """Prefix a child's error with its dotted path (``layer 'features.3'``) and re-raise it.
