@@ -13,11 +13,31 @@ def _cmd_train(args) -> int:
                     optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
                     augment=args.augment, label_smoothing=args.label_smoothing, loss=args.loss, seed=args.seed,
                     limit=args.limit, out_dir=args.out, data_dir=args.data_dir,
-                    checkpoint_every=args.checkpoint_every)
+                    checkpoint_every=args.checkpoint_every, warmup_epochs=args.warmup_epochs,
+                    warmup_start=args.warmup_start, distributed=args.distributed, sync_bn=args.sync_bn,
+                    per_rank_batch=args.per_rank_batch, lr_scale=args.lr_scale, timeout=args.timeout)
     result = train_run(cfg, resume=args.resume, progress=not args.quiet)
+    if result.get("rank", 0) != 0:
+        return 0
     print(f"test accuracy: {result['test_accuracy']:.4f} ({result['config'].model} on {result['config'].data}, "
           f"{result['train_time']:.0f}s of training)")
     print(f"outputs: {result['out_dir']} (model.safetensors, checkpoint.safetensors, history.json)")
+    if not args.no_report:
+        from .report import MissingDependencyError, build_report
+
+        try:
+            print(f"report: {build_report(result['out_dir'])}")
+        except MissingDependencyError as err:
+            print(f"no report: {err}", file=sys.stderr)
+    return 0
+
+
+def _cmd_report(args) -> int:
+    from .report import build_report
+
+    path = build_report(args.run_dir, out=args.out, dataset=args.data, num_images=args.num_images,
+                        layers=args.layers, eval_limit=args.eval_limit)
+    print(f"report: {path}")
     return 0
 
 
@@ -95,7 +115,33 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps (default: each epoch)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--no-report", action="store_true", help="do not write OUT/report.html")
+    p.add_argument("--warmup-epochs", type=float, help="epochs of linear warm-up (schedule warmup_linear)")
+    p.add_argument("--warmup-start", type=float,
+                   help="warm-up starts at lr x this (default 0.1); 1/W with --lr-scale linear is Goyal et al.'s")
+    g = p.add_argument_group("data-parallel training over MPI (mpiexec -n W convnp train ... --distributed)")
+    g.add_argument("--distributed", action="store_true",
+                   help="data-parallel over the MPI ranks: each trains on its shard of every global batch, "
+                        "with the same results as one process (needs the mpi extra)")
+    g.add_argument("--sync-bn", action="store_true",
+                   help="batch-norm statistics of the global batch (default: of each rank's shard)")
+    g.add_argument("--per-rank-batch", action="store_true",
+                   help="--batch-size counts per rank: the global batch is batch size x W (default: global)")
+    g.add_argument("--lr-scale", default="none", choices=["none", "linear", "sqrt"],
+                   help="multiply the learning rate by W (linear scaling rule) or sqrt(W); for large global batches")
+    g.add_argument("--timeout", type=float, default=300.0,
+                   help="seconds a rank waits for the others in a collective before the job is aborted (default 300)")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("report", help="rebuild the HTML training report of a run directory",
+                       description="Write RUN_DIR/report.html. Needs matplotlib (pip install 'convnp[report]').")
+    p.add_argument("run_dir", help="a directory written by convnp train (model.safetensors or checkpoint.safetensors)")
+    p.add_argument("--out", help="output file (default RUN_DIR/report.html)")
+    p.add_argument("--data", help="test dataset (default: the run's)")
+    p.add_argument("--num-images", type=int, default=8, help="examples for the saliency/occlusion maps (default 8)")
+    p.add_argument("--layers", nargs="+", help="layers whose activation maps to show, e.g. features.1 features.4")
+    p.add_argument("--eval-limit", type=int, help="evaluate on the first N test images only")
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("eval", help="accuracy of a saved model on a dataset split")
     p.add_argument("model", help="a saved model (model.safetensors)")

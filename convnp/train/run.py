@@ -27,7 +27,7 @@ RECIPES = {
     "digits": dict(model="INPUT[8x8x1] -> CONV3-16 -> RELU -> POOL2 -> FC-64 -> RELU -> FC-10", epochs=10,
                    batch_size=32, optimizer="nesterov", lr=0.05, weight_decay=5e-4, schedule="warmup_linear",
                    warmup_epochs=1, augment=False, label_smoothing=0.0),
-    "cifar10": dict(model="cifar_convnet_bn", epochs=50, batch_size=128, optimizer="nesterov", lr=0.15,
+    "cifar10": dict(model="cifar_convnet:batch_norm=True", epochs=50, batch_size=128, optimizer="nesterov", lr=0.15,
                     weight_decay=5e-4, schedule="warmup_linear", warmup_epochs=2, augment=True,
                     label_smoothing=0.1),
     "cifar100": dict(model="resnet20", epochs=50, batch_size=128, optimizer="nesterov", lr=0.1,
@@ -58,6 +58,13 @@ class RunConfig:
     data_dir: str | None = None
     checkpoint_every: int | None = None
     prefetch: int = 2
+    # data-parallel training over MPI (``mpiexec -n W convnp train ... --distributed``)
+    distributed: bool = False
+    sync_bn: bool = False             # batch-norm statistics of the global batch, not of each rank's shard
+    per_rank_batch: bool = False      # batch_size counts per rank (global batch = batch_size x W)
+    lr_scale: str = "none"            # "linear": lr x W, "sqrt": lr x sqrt(W)
+    warmup_start: float | None = None  # warmup_linear's start factor (default 0.1)
+    timeout: float = 300.0            # seconds a collective may wait before the job is aborted
     extra: dict = field(default_factory=dict)
 
     def resolved(self) -> "RunConfig":
@@ -72,15 +79,43 @@ class RunConfig:
         return RunConfig(**values)
 
 
+def parse_model_name(model: str) -> tuple[str, dict]:
+    """``"cifar_convnet:batch_norm=True,dropout=0.3"`` -> ("cifar_convnet", {"batch_norm": True, "dropout": 0.3})."""
+    import ast
+
+    name, _, opts = model.partition(":")
+    options = {}
+    for item in filter(None, (o.strip() for o in opts.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ConfigError(f"model option {item!r} in {model!r} is not key=value")
+        try:
+            options[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            options[key.strip()] = value.strip()
+    return name.strip(), options
+
+
 def build_net(model: str, input_shape: tuple, num_classes: int, seed: int):
-    """A zoo model by name, or a net from a spec string (anything containing '->')."""
+    """A zoo model by name (with ``:key=value`` options), or a net from a spec string (containing '->').
+
+    Zoo models that take ``in_channels``/``input_size`` are adapted to the dataset's images.
+    """
     if "->" in model:
         from ..spec import parse
 
         return parse(model, input_shape=input_shape, rng=seed)
-    from ..models import get_model
+    from ..models import get_model, model_info
 
-    return get_model(model, num_classes=num_classes, input_shape=input_shape, rng=seed)
+    name, options = parse_model_name(model)
+    accepted = model_info(name).options
+    if "in_channels" in accepted:
+        options.setdefault("in_channels", input_shape[0])
+    if "input_size" in accepted and input_shape[1] == input_shape[2]:
+        options.setdefault("input_size", input_shape[1])
+    net = get_model(name, num_classes=num_classes, rng=seed, **options)
+    net.output_shape(input_shape)  # a ShapeError here names the layer that does not fit the data
+    return net
 
 
 def make_loss(name: str, label_smoothing: float):
@@ -95,44 +130,92 @@ def make_loss(name: str, label_smoothing: float):
 
 def train_run(cfg: RunConfig, resume: bool = False, progress: bool = True) -> dict:
     """Train, evaluate on the test split, save model and history under ``cfg.out_dir``; returns results."""
+    cfg = cfg.resolved()
+    if not cfg.distributed:
+        used = [f"{k}={getattr(cfg, k)!r}" for k, default in (("sync_bn", False), ("per_rank_batch", False),
+                                                              ("lr_scale", "none")) if getattr(cfg, k) != default]
+        if used:
+            raise ConfigError(f"{', '.join(used)} only apply to data-parallel training: add distributed=True "
+                              "(convnp train --distributed)")
+        return _train_run(cfg, resume, progress, None)
+    from ..distributed import init_distributed, lr_scale_factor
+
+    lr_scale_factor(cfg.lr_scale, 1)  # validates the rule before any rank talks to another
+
+    comm = init_distributed(timeout=cfg.timeout)
+    try:
+        return _train_run(cfg, resume, progress, comm)
+    except BaseException as err:
+        if comm.size == 1 or getattr(err, "collective", False):
+            raise  # raised on every rank alike: each ends normally
+        comm.abort(f"{type(err).__name__}: {err}; ending the whole job")  # the others would wait
+        raise
+
+
+def _train_run(cfg: RunConfig, resume: bool, progress: bool, comm) -> dict:
     from ..data import DataLoader, load_dataset
     from ..data import transforms as T
     from ..io.model_file import save_model
     from ..optim import get_optimizer, get_schedule
     from .trainer import Trainer
 
-    cfg = cfg.resolved()
+    rank, world = (comm.rank, comm.size) if comm is not None else (0, 1)
     out = Path(cfg.out_dir)
+    if rank != 0:  # rank 0 fetches (and caches) the data first, the others then read the cache
+        comm.barrier("waiting for rank 0 to load the data", timeout=max(cfg.timeout, 3600.0))
     train = load_dataset(cfg.data, "train", data_dir=cfg.data_dir)
     test = load_dataset(cfg.data, "test", data_dir=cfg.data_dir)
+    if rank == 0 and comm is not None:
+        comm.barrier("waiting for rank 0 to load the data", timeout=max(cfg.timeout, 3600.0))
     normalize = T.Normalize.from_data(train)   # per-channel statistics of the full training split
     if cfg.limit:
         train = train.subset(np.arange(min(cfg.limit, len(train))))
     input_shape = tuple(int(s) for s in train.x.shape[1:])
     steps = [T.RandomCrop(input_shape[1:], padding=4), T.RandomHorizontalFlip()] if cfg.augment else []
-    train_loader = DataLoader(train, batch_size=cfg.batch_size, shuffle=True, drop_last=True,
-                              transform=T.Compose(steps + [normalize]), seed=cfg.seed, prefetch=cfg.prefetch)
-    test_loader = DataLoader(test, batch_size=256, transform=normalize)
+    # Distributed: batch_size is the GLOBAL batch (unless per_rank_batch), each rank serves its shard,
+    # and augmentation is drawn per example so it does not depend on the split.
+    global_batch = cfg.batch_size * (world if cfg.per_rank_batch else 1)
+    shard = dict(rank=rank, world_size=world) if comm is not None else {}
+    train_loader = DataLoader(train, batch_size=global_batch, shuffle=True, drop_last=True,
+                              transform=T.Compose(steps + [normalize]), seed=cfg.seed, prefetch=cfg.prefetch,
+                              example_rng=comm is not None, **shard)
+    test_loader = DataLoader(test, batch_size=256, transform=normalize, **shard)
     net = build_net(cfg.model, input_shape, train.num_classes, cfg.seed)
-    optimizer = get_optimizer(cfg.optimizer, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    lr = cfg.lr
+    if comm is not None:
+        from ..distributed import lr_scale_factor
+
+        lr = cfg.lr * lr_scale_factor(cfg.lr_scale, world)  # for large global batches (README)
+    optimizer = get_optimizer(cfg.optimizer, lr=lr, weight_decay=cfg.weight_decay)
     total = cfg.epochs * len(train_loader)
     sched_args = {}
     if cfg.schedule == "warmup_linear":
         sched_args["warmup_steps"] = min(int(cfg.warmup_epochs * len(train_loader)), total - 1)
+        if cfg.warmup_start is not None:
+            sched_args["start_factor"] = cfg.warmup_start
     schedule = get_schedule(cfg.schedule, optimizer=optimizer, total_steps=total, **sched_args)
-    trainer = Trainer(net, make_loss(cfg.loss, cfg.label_smoothing), optimizer, train_loader,
-                      val_loader=test_loader, schedule=schedule, out_dir=out,
-                      checkpoint_every=cfg.checkpoint_every, progress=progress, config=asdict(cfg))
+    common = dict(val_loader=test_loader, schedule=schedule, out_dir=out, checkpoint_every=cfg.checkpoint_every,
+                  progress=progress, config=asdict(cfg))
+    if comm is None:
+        trainer = Trainer(net, make_loss(cfg.loss, cfg.label_smoothing), optimizer, train_loader, **common)
+    else:
+        from ..distributed import DistributedTrainer
+
+        trainer = DistributedTrainer(net, make_loss(cfg.loss, cfg.label_smoothing), optimizer, train_loader,
+                                     comm=comm, sync_bn=cfg.sync_bn, **common)
     if resume:
         trainer.resume()
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
+    if rank == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.json").write_text(json.dumps(asdict(cfg), indent=1))
     start = time.perf_counter()
     trainer.fit(cfg.epochs)
     final = trainer.evaluate(test_loader)
     extra = {"classes": train.classes, "input_shape": list(input_shape), "mean": np.ravel(normalize.mean).tolist(),
              "std": np.ravel(normalize.std).tolist(), "dataset": cfg.data, "test_accuracy": final["accuracy"]}
-    save_model(net, out / "model.safetensors", extra=extra)
+    if rank == 0:
+        save_model(net, out / "model.safetensors", extra=extra)
     return {"test_accuracy": final["accuracy"], "test_loss": final["loss"], "out_dir": str(out),
             "train_time": trainer.elapsed, "wall_time": time.perf_counter() - start,
-            "history": trainer.history, "net": net, "trainer": trainer, "config": cfg}
+            "history": trainer.history, "net": net, "trainer": trainer, "config": cfg,
+            "rank": rank, "world_size": world}
