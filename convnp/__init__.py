@@ -1,6 +1,6 @@
 """convnp: ConvNets in NumPy, following the CS231n ConvNet notes."""
 
-from . import losses, models
+from . import convert, losses, memory, models
 from .errors import ConfigError, ConvnpError, DataError, ShapeError, StateError
 from .layers import (ELU, Conv2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Dropout, Dropout2d, Flatten, GlobalAvgPool2d, Layer,
                      LeakyReLU, Linear, LocallyConnected2d, LocalResponseNorm, LPPool2d, MaxPool2d, ReLU, Sigmoid,
@@ -10,5 +10,6 @@ from .losses import MulticlassSVM, SoftmaxCrossEntropy, probabilities
 from .nets import (Add, BasicBlock, Bottleneck, Concat, Graph, Inception, Sequential, conv_bn_relu, inception_block,
                    residual_block)
 from .spec import SpecError, parse, to_spec
+from .summary import Summary, summary
 
 __version__ = "0.1.0"

@@ -89,6 +89,49 @@ def _cmd_data(args) -> int:
     return 0
 
 
+def _cmd_summary(args) -> int:
+    from .models import build_model, list_models
+    from .summary import parse_input_shape, summary_text
+
+    if args.list:
+        print("\n".join(list_models()))
+        return 0
+    if not args.model:
+        raise SystemExit("convnp summary: give a MODEL (zoo name or spec string) or --list")
+    shape = parse_input_shape(args.input) if args.input else None
+    net, shape = build_model(args.model, input_shape=shape, num_classes=args.classes, rng=0)
+    print(summary_text(net, shape, batch_size=args.batch, optimizer=args.optimizer, budget=args.budget))
+    return 0
+
+
+def _cmd_check(args) -> int:
+    import numpy as np
+
+    from .models import build_model
+    from .train.sanity import sanity_checks
+
+    net, shape = build_model(args.model, num_classes=args.classes, rng=args.seed)
+    num_classes = net.output_shape(shape)[0]
+    if args.data == "random":
+        rng = np.random.default_rng(args.seed)
+        x = rng.standard_normal((args.examples, *shape)).astype(np.float32)
+        y = rng.integers(0, num_classes, args.examples)
+        source = "random images and labels"
+    else:
+        from .data import load_dataset
+        from .data.transforms import Normalize
+
+        data = load_dataset(args.data, "train", data_dir=args.data_dir)
+        norm = Normalize.from_data(data)
+        x, y = norm(data.x[:args.examples]), data.y[:args.examples]
+        source = f"the first {args.examples} {args.data} training images"
+    print(f"sanity checks of {args.model} on {source}:")
+    results = sanity_checks(net, x, y, num_classes, overfit_examples=args.examples, seed=args.seed)
+    for r in results:
+        print(f"  {r}")
+    return 0 if all(r.passed for r in results) else 1
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="convnp", description="ConvNets in NumPy, after the CS231n notes.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -142,6 +185,27 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--layers", nargs="+", help="layers whose activation maps to show, e.g. features.1 features.4")
     p.add_argument("--eval-limit", type=int, help="evaluate on the first N test images only")
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("summary", help="layer table: output sizes, params, FLOPs, memory",
+                       description="Print a net's layers with output shapes, activations, weights, FLOPs and memory "
+                                   "(activations, gradients, optimizer cache), like the notes' VGG table.")
+    p.add_argument("model", nargs="?", help="zoo name (e.g. vgg16, cifar_convnet:batch_norm=True) or a spec string")
+    p.add_argument("--input", help="C x H x W, e.g. 3x224x224 (default: the model's own)")
+    p.add_argument("--classes", type=int, help="number of classes (default: the model's own)")
+    p.add_argument("--batch", type=int, default=1, help="batch size for the memory totals")
+    p.add_argument("--optimizer", default="momentum", help="sgd, momentum, adagrad, rmsprop, adam (optimizer cache)")
+    p.add_argument("--budget", help="memory budget such as 8GB: also print the largest batch that fits")
+    p.add_argument("--list", action="store_true", help="list the zoo's models")
+    p.set_defaults(func=_cmd_summary)
+
+    p = sub.add_parser("check", help="the notes' sanity checks: initial loss, overfit a small subset, gradient check")
+    p.add_argument("model", help="zoo name or spec string")
+    p.add_argument("--data", default="random", help="a dataset name, or 'random' (default) for random images/labels")
+    p.add_argument("--examples", type=int, default=50, help="examples to overfit (default 50)")
+    p.add_argument("--classes", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir")
+    p.set_defaults(func=_cmd_check)
 
     p = sub.add_parser("eval", help="accuracy of a saved model on a dataset split")
     p.add_argument("model", help="a saved model (model.safetensors)")

@@ -13,7 +13,7 @@ from .alexnet import alexnet, alexnet_v1
 from .common import AdaptiveAvgPool2d
 from .googlenet import AuxSequential, googlenet
 from .lenet import lenet5
-from .registry import ModelInfo, get_model, list_models, model_info
+from .registry import ModelInfo, build_model, get_model, list_models, model_info, parse_model_name
 from .resnet import (ZeroPadShortcut, resnet18, resnet20, resnet32, resnet34, resnet44, resnet50, resnet56,
                      resnet101, resnet152)
 from .small import cifar_convnet, cs231n_3layer
@@ -21,7 +21,7 @@ from .vgg import vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19
 from .zfnet import zfnet
 
 __all__ = ["AdaptiveAvgPool2d", "AuxSequential", "ModelInfo", "ZeroPadShortcut", "alexnet", "alexnet_v1",
-           "cifar_convnet", "cs231n_3layer", "get_model", "googlenet", "lenet5", "list_models", "model_info",
+           "build_model", "cifar_convnet", "cs231n_3layer", "get_model", "parse_model_name", "googlenet", "lenet5", "list_models", "model_info",
            "resnet18", "resnet20", "resnet32", "resnet34", "resnet44", "resnet50", "resnet56", "resnet101",
            "resnet152", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn", "vgg19", "vgg19_bn",
            "zfnet"]

@@ -9,11 +9,15 @@ input (C, H, W).
 
 from __future__ import annotations
 
+import ast
 import difflib
 import inspect
 from dataclasses import dataclass
 
+import numpy as np
+
 from ..errors import ConfigError
+from ..layers.base import make_rng
 
 
 @dataclass(frozen=True)
@@ -87,4 +91,67 @@ def get_model(name: str, num_classes: int | None = None, **options):
                           f"{name} takes {', '.join(sorted(allowed))}")
     if num_classes is not None:
         options["num_classes"] = num_classes
-    return info.builder(**options)
+    rng = make_rng(options.pop("rng", None))
+    net = info.builder(rng=rng, **options)
+    init_classifier(net, num_classes if num_classes is not None else info.num_classes, rng)
+    return net
+
+
+#: Standard deviation of the class-score layers at initialisation (torchvision's VGG/GoogLeNet value).
+CLASSIFIER_STD = 0.01
+
+
+def init_classifier(net, num_classes: int, rng) -> None:
+    """Redraw the weights of every Linear that outputs class scores from N(0, 0.01^2).
+
+    With small scores the softmax loss at initialisation is ln(num_classes), the notes' first
+    sanity check; the He init of the layers below keeps the signal alive through the depth.
+    """
+    from ..layers.linear import Linear  # noqa: PLC0415
+
+    for _, layer in net.named_modules():
+        if isinstance(layer, Linear) and layer.out_features == num_classes:
+            w = layer.params["weight"]
+            w[...] = CLASSIFIER_STD * make_rng(rng).standard_normal(w.shape, dtype=np.float64)
+
+
+def parse_model_name(model: str) -> tuple[str, dict]:
+    """``"cifar_convnet:batch_norm=True,dropout=0.3"`` -> ("cifar_convnet", {"batch_norm": True, "dropout": 0.3})."""
+    name, _, opts = model.partition(":")
+    options = {}
+    for item in filter(None, (o.strip() for o in opts.split(","))):
+        key, eq, value = item.partition("=")
+        if not eq:
+            raise ConfigError(f"model option {item!r} in {model!r} is not key=value")
+        try:
+            options[key.strip()] = ast.literal_eval(value.strip())
+        except (ValueError, SyntaxError):
+            options[key.strip()] = value.strip()
+    return name.strip(), options
+
+
+def build_model(model: str, input_shape=None, num_classes: int | None = None, rng=None):
+    """A net from a zoo name (with ``:key=value`` options) or a spec string (anything with '->').
+
+    Returns ``(net, input_shape)``. Without ``input_shape`` the model's default (zoo) or the
+    spec's ``INPUT[...]`` is used. Zoo models that take ``in_channels``/``input_size`` are adapted
+    to ``input_shape``; a net that still does not fit raises the ShapeError of the failing layer.
+    """
+    if "->" in model:
+        from ..spec import parse  # noqa: PLC0415 - the spec parser imports every layer
+
+        net = parse(model, input_shape=input_shape, rng=rng)
+        shape = tuple(input_shape) if input_shape is not None else net.input_shape
+    else:
+        name, options = parse_model_name(model)
+        info = model_info(name)
+        shape = tuple(input_shape) if input_shape is not None else info.input_shape
+        if "in_channels" in info.options:
+            options.setdefault("in_channels", shape[0])
+        if "input_size" in info.options and shape[1] == shape[2] and shape[1:] != info.input_shape[1:]:
+            options.setdefault("input_size", shape[1])
+        net = get_model(name, num_classes=num_classes, rng=rng, **options)
+    if shape is None:
+        raise ConfigError(f"{model!r}: no input shape; give INPUT[HxWxC] in the spec or an input shape")
+    net.output_shape(shape)
+    return net, shape

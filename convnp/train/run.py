@@ -79,43 +79,11 @@ class RunConfig:
         return RunConfig(**values)
 
 
-def parse_model_name(model: str) -> tuple[str, dict]:
-    """``"cifar_convnet:batch_norm=True,dropout=0.3"`` -> ("cifar_convnet", {"batch_norm": True, "dropout": 0.3})."""
-    import ast
-
-    name, _, opts = model.partition(":")
-    options = {}
-    for item in filter(None, (o.strip() for o in opts.split(","))):
-        key, eq, value = item.partition("=")
-        if not eq:
-            raise ConfigError(f"model option {item!r} in {model!r} is not key=value")
-        try:
-            options[key.strip()] = ast.literal_eval(value.strip())
-        except (ValueError, SyntaxError):
-            options[key.strip()] = value.strip()
-    return name.strip(), options
-
-
 def build_net(model: str, input_shape: tuple, num_classes: int, seed: int):
-    """A zoo model by name (with ``:key=value`` options), or a net from a spec string (containing '->').
+    """A zoo model by name (with ``:key=value`` options), or a net from a spec string (containing '->')."""
+    from ..models import build_model
 
-    Zoo models that take ``in_channels``/``input_size`` are adapted to the dataset's images.
-    """
-    if "->" in model:
-        from ..spec import parse
-
-        return parse(model, input_shape=input_shape, rng=seed)
-    from ..models import get_model, model_info
-
-    name, options = parse_model_name(model)
-    accepted = model_info(name).options
-    if "in_channels" in accepted:
-        options.setdefault("in_channels", input_shape[0])
-    if "input_size" in accepted and input_shape[1] == input_shape[2]:
-        options.setdefault("input_size", input_shape[1])
-    net = get_model(name, num_classes=num_classes, rng=seed, **options)
-    net.output_shape(input_shape)  # a ShapeError here names the layer that does not fit the data
-    return net
+    return build_model(model, input_shape=input_shape, num_classes=num_classes, rng=seed)[0]
 
 
 def make_loss(name: str, label_smoothing: float):
