@@ -103,6 +103,10 @@ class Trainer:
             self.schedule.step()
         return float(loss), int(np.sum(np.argmax(scores, axis=1) == y))
 
+    def batch_examples(self, y) -> int:
+        """Examples the last step trained on: ``len(y)`` here; the global batch in data-parallel training."""
+        return len(y)
+
     def evaluate(self, loader) -> dict:
         """Mean loss and accuracy of the net in evaluation mode over ``loader``."""
         total_loss, correct, count = 0.0, 0, 0
@@ -142,10 +146,11 @@ class Trainer:
         seen_here = 0
         for x, y in self.train_loader:
             loss, correct = self.train_step(x, y)
-            sums["loss"] += loss * len(y)
+            n = self.batch_examples(y)
+            sums["loss"] += loss * n
             sums["correct"] += correct
-            sums["count"] += len(y)
-            seen_here += len(y)
+            sums["count"] += n
+            seen_here += n
             self.step_in_epoch += 1
             self.global_step += 1
             now = time.perf_counter()
