@@ -1,6 +1,6 @@
 """convnp: ConvNets in NumPy, following the CS231n ConvNet notes."""
 
-from . import convert, losses, memory, models
+from . import convert, data, finetune, io, losses, memory, models, optim
 from .errors import ConfigError, ConvnpError, DataError, ShapeError, StateError
 from .layers import (ELU, Conv2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Dropout, Dropout2d, Flatten, GlobalAvgPool2d, Layer,
                      LeakyReLU, Linear, LocallyConnected2d, LocalResponseNorm, LPPool2d, MaxPool2d, ReLU, Sigmoid,

@@ -15,7 +15,8 @@ def _cmd_train(args) -> int:
                     limit=args.limit, out_dir=args.out, data_dir=args.data_dir,
                     checkpoint_every=args.checkpoint_every, warmup_epochs=args.warmup_epochs,
                     warmup_start=args.warmup_start, distributed=args.distributed, sync_bn=args.sync_bn,
-                    per_rank_batch=args.per_rank_batch, lr_scale=args.lr_scale, timeout=args.timeout)
+                    per_rank_batch=args.per_rank_batch, lr_scale=args.lr_scale, timeout=args.timeout,
+                    finetune=args.finetune, freeze=args.freeze, head_lr=args.head_lr)
     result = train_run(cfg, resume=args.resume, progress=not args.quiet)
     if result.get("rank", 0) != 0:
         return 0
@@ -132,6 +133,17 @@ def _cmd_check(args) -> int:
     return 0 if all(r.passed for r in results) else 1
 
 
+def _cmd_export(args) -> int:
+    from .io.onnx_export import export_model
+    from .summary import parse_input_shape
+
+    shape = parse_input_shape(args.input) if args.input else None
+    path = export_model(args.model, args.out, shape, opset=args.opset, num_classes=args.classes,
+                        weights=args.weights, batch_size=args.batch, format=args.format)
+    print(f"exported {args.model} to {path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="convnp", description="ConvNets in NumPy, after the CS231n notes.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -157,6 +169,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="dataset cache (default $CONVNP_DATA or ~/.cache/convnp)")
     p.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps (default: each epoch)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.safetensors")
+    p.add_argument("--finetune", metavar="WEIGHTS", help="start from a PyTorch state_dict (.pth or .safetensors); "
+                                                           "a head of another class count starts fresh")
+    p.add_argument("--freeze", type=lambda s: [p for p in s.split(",") if p], metavar="PREFIX[,PREFIX...]",
+                   help="parameter-name prefixes that are never updated, e.g. features or conv1,bn1,layer1")
+    p.add_argument("--head-lr", type=float, help="learning rate of the class head (--lr applies to the rest)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.add_argument("--no-report", action="store_true", help="do not write OUT/report.html")
     p.add_argument("--warmup-epochs", type=float, help="epochs of linear warm-up (schedule warmup_linear)")
@@ -206,6 +223,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir")
     p.set_defaults(func=_cmd_check)
+
+    p = sub.add_parser("export", help="export a model to ONNX",
+                       description="Export a saved model (model.safetensors), a zoo name or a spec string to ONNX "
+                                   "(the evaluation forward pass). Needs: pip install 'convnp[onnx]'.")
+    p.add_argument("model", help="a saved model file, a zoo name (with :key=value options) or a spec string")
+    p.add_argument("--format", default="onnx", choices=["onnx"])
+    p.add_argument("--out", required=True, help="output file, e.g. model.onnx")
+    p.add_argument("--input", help="C x H x W (default: the model's own)")
+    p.add_argument("--opset", type=int, default=17)
+    p.add_argument("--classes", type=int, help="number of classes of a zoo model")
+    p.add_argument("--weights", help="PyTorch state_dict to load into a zoo model first")
+    p.add_argument("--batch", type=int, help="fixed batch size (default: symbolic)")
+    p.set_defaults(func=_cmd_export)
 
     p = sub.add_parser("eval", help="accuracy of a saved model on a dataset split")
     p.add_argument("model", help="a saved model (model.safetensors)")

@@ -89,5 +89,24 @@ def test_data_info_digits():
 
 
 def test_every_command_has_help():
-    for cmd in ("train", "eval", "predict", "summary", "check", "data", "report"):
+    for cmd in ("train", "eval", "predict", "summary", "check", "data", "report", "export"):
         assert "usage: convnp " + cmd in run(cmd, "--help").stdout
+
+
+def test_export_onnx_from_a_spec(tmp_path):
+    pytest.importorskip("onnx", reason="ONNX export needs the onnx extra")
+    out = tmp_path / "net.onnx"
+    assert "exported" in run("export", SPEC, "--out", str(out)).stdout
+    assert out.stat().st_size > 0
+
+
+def test_finetune_with_frozen_prefix_keeps_those_weights(trained, tmp_path):
+    from convnp.io.model_file import load_model
+
+    out = tmp_path / "ft"
+    run("train", "--data", "digits", "--model", SPEC, "--epochs", "1", "--quiet", "--no-report", "--out", str(out),
+        "--finetune", str(trained[0] / "model.safetensors"), "--freeze", "0", "--head-lr", "0.01")
+    before = load_model(trained[0] / "model.safetensors").state_dict()
+    after = load_model(out / "model.safetensors").state_dict()
+    assert np.array_equal(before["0.weight"], after["0.weight"])
+    assert not np.array_equal(before["4.weight"], after["4.weight"])

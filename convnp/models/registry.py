@@ -76,12 +76,14 @@ def model_info(name: str) -> ModelInfo:
     return _MODELS[name]
 
 
-def get_model(name: str, num_classes: int | None = None, **options):
-    """Build the zoo model ``name`` with fresh (He-initialised) weights.
+def get_model(name: str, num_classes: int | None = None, weights=None, **options):
+    """Build the zoo model ``name`` with fresh (He-initialised) weights, or load ``weights``.
 
     ``num_classes`` defaults to the model's own (1000 for the ImageNet nets, 10 for the
     MNIST/CIFAR ones). ``options``: ``rng`` (Generator or int seed), ``dtype`` and the
     model's own keywords (``model_info(name).options``); an unknown one is a ConfigError.
+    ``weights``: a PyTorch state_dict file (.pth or .safetensors, e.g. torchvision's); with a
+    different ``num_classes`` everything but the class head loads and the head starts fresh.
     """
     info = model_info(name)
     allowed = set(info.options) | {"rng", "dtype"}
@@ -89,6 +91,10 @@ def get_model(name: str, num_classes: int | None = None, **options):
     if unknown:
         raise ConfigError(f"get_model({name!r}): unknown option(s) {unknown}; "
                           f"{name} takes {', '.join(sorted(allowed))}")
+    if weights is not None:
+        from ..io.torch_weights import load_pretrained  # noqa: PLC0415 - torch/safetensors only when asked
+
+        return load_pretrained(name, weights, num_classes=num_classes, **options)
     if num_classes is not None:
         options["num_classes"] = num_classes
     rng = make_rng(options.pop("rng", None))

@@ -65,6 +65,9 @@ class RunConfig:
     lr_scale: str = "none"            # "linear": lr x W, "sqrt": lr x sqrt(W)
     warmup_start: float | None = None  # warmup_linear's start factor (default 0.1)
     timeout: float = 300.0            # seconds a collective may wait before the job is aborted
+    finetune: str | None = None       # start from these weights (a PyTorch state_dict file)
+    freeze: list | None = None        # parameter-name prefixes that are never updated
+    head_lr: float | None = None      # learning rate of the class head (the rest uses lr)
     extra: dict = field(default_factory=dict)
 
     def resolved(self) -> "RunConfig":
@@ -154,7 +157,15 @@ def _train_run(cfg: RunConfig, resume: bool, progress: bool, comm) -> dict:
         from ..distributed import lr_scale_factor
 
         lr = cfg.lr * lr_scale_factor(cfg.lr_scale, world)  # for large global batches (README)
-    optimizer = get_optimizer(cfg.optimizer, lr=lr, weight_decay=cfg.weight_decay)
+    if cfg.finetune:
+        from ..io.torch_weights import load_backbone
+
+        load_backbone(net, cfg.finetune)
+    from ..finetune import class_heads
+
+    groups = [{"params": [p for p, _ in class_heads(net)], "lr": cfg.head_lr}] if cfg.head_lr else None
+    optimizer = get_optimizer(cfg.optimizer, lr=lr, weight_decay=cfg.weight_decay, frozen=cfg.freeze or None,
+                              param_groups=groups)
     total = cfg.epochs * len(train_loader)
     sched_args = {}
     if cfg.schedule == "warmup_linear":
