@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import ConfigError, StateError
-from .summary import format_bytes, optimizer_slots, parse_input_shape, trace
+from .summary import format_bytes, layer_pair, optimizer_slots, parse_input_shape, trace
 
 __all__ = ["LayerMemory", "Measurement", "PeakEstimate", "estimate_peak", "fit_batch_size", "layer_memory",
            "measure_peak", "parse_bytes"]
@@ -94,15 +94,6 @@ class LayerMemory:
     out_nhwc: bool = False      # the output's memory is channels-last (a conv's), so it is not C-contiguous
 
 
-def _pair(layer, name, default):
-    value = getattr(layer, name, None)
-    if value is None:
-        value = layer.get_config().get(name, default) if hasattr(layer, "get_config") else default
-    if isinstance(value, (int, np.integer)):
-        return int(value), int(value)
-    return tuple(int(v) for v in value)
-
-
 def _param_bytes(layer) -> int:
     return sum(int(v.nbytes) for v in (getattr(layer, "params", {}) or {}).values())
 
@@ -124,7 +115,7 @@ def layer_memory(layer, in_shapes, out_shape, n: int, b: int, in_nhwc: bool = Fa
         k, c, kh, kw = layer.params["weight"].shape
         _, h, w = in_shapes[0]
         _, oh, ow = out_shape
-        stride, pad, dil = _pair(layer, "stride", 1), _pair(layer, "padding", 0), _pair(layer, "dilation", 1)
+        stride, pad, dil = layer_pair(layer, "stride", 1), layer_pair(layer, "padding", 0), layer_pair(layer, "dilation", 1)
         hp = max(h + 2 * pad[0], (oh - 1) * stride[0] + dil[0] * (kh - 1) + 1)
         wp = max(w + 2 * pad[1], (ow - 1) * stride[1] + dil[1] * (kw - 1) + 1)
         padded = (hp, wp) != (h, w)
@@ -168,10 +159,10 @@ def layer_memory(layer, in_shapes, out_shape, n: int, b: int, in_nhwc: bool = Fa
     elif kind in ("MaxPool2d", "AvgPool2d", "LPPool2d"):
         c, h, w = in_shapes[0]
         _, oh, ow = out_shape
-        kh, kw = _pair(layer, "kernel_size", 1)
-        stride = _pair(layer, "stride", 1)
-        pad = _pair(layer, "padding", 0) if kind != "LPPool2d" else (0, 0)
-        dil = _pair(layer, "dilation", 1) if kind == "MaxPool2d" else (1, 1)
+        kh, kw = layer_pair(layer, "kernel_size", 1)
+        stride = layer_pair(layer, "stride", 1)
+        pad = layer_pair(layer, "padding", 0) if kind != "LPPool2d" else (0, 0)
+        dil = layer_pair(layer, "dilation", 1) if kind == "MaxPool2d" else (1, 1)
         hp = max(h + 2 * pad[0], (oh - 1) * stride[0] + dil[0] * (kh - 1) + 1)
         wp = max(w + 2 * pad[1], (ow - 1) * stride[1] + dil[1] * (kw - 1) + 1)
         padded_bytes = n * c * hp * wp * b
@@ -202,7 +193,7 @@ def layer_memory(layer, in_shapes, out_shape, n: int, b: int, in_nhwc: bool = Fa
     elif kind == "LocallyConnected2d":
         oh, ow, k, c, kh, kw = layer.params["weight"].shape
         _, h, w = in_shapes[0]
-        pad = _pair(layer, "padding", 0)
+        pad = layer_pair(layer, "padding", 0)
         patches = n * oh * ow * c * kh * kw * b
         copy = n * c * (h + 2 * pad[0]) * (w + 2 * pad[1]) * b if (in_nhwc or pad != (0, 0)) else 0
         m.saved, m.fwd_work, m.bwd_work, m.grad_bytes = patches, copy + ob, ob + patches, params

@@ -186,7 +186,8 @@ def _weights_and_biases(layer) -> tuple[int, int]:
     return total - biases, biases
 
 
-def _pair_attr(layer, name, default):
+def layer_pair(layer, name, default):
+    """A layer's (h, w) hyperparameter ``name`` (kernel_size, stride, ...) from its attribute or config."""
     value = getattr(layer, name, None)
     if value is None:
         value = layer.get_config().get(name, default) if hasattr(layer, "get_config") else default
@@ -210,13 +211,13 @@ def layer_costs(layer, in_shapes: tuple, out_shape: tuple) -> tuple[int, int]:
         macs = int(np.size(params["weight"]))  # FC: in*out; locally connected: each weight once
         return macs, 2 * macs + bias
     if kind == "MaxPool2d":
-        kh, kw = _pair_attr(layer, "kernel_size", 1)
+        kh, kw = layer_pair(layer, "kernel_size", 1)
         return 0, (kh * kw - 1) * out
     if kind == "AvgPool2d":
-        kh, kw = _pair_attr(layer, "kernel_size", 1)
+        kh, kw = layer_pair(layer, "kernel_size", 1)
         return 0, kh * kw * out
     if kind == "LPPool2d":
-        kh, kw = _pair_attr(layer, "kernel_size", 1)
+        kh, kw = layer_pair(layer, "kernel_size", 1)
         return 0, 2 * kh * kw * out
     if kind in ("GlobalAvgPool2d", "AdaptiveAvgPool2d"):
         return 0, 0 if tuple(in_shapes[0]) == tuple(out_shape) else inp

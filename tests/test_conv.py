@@ -15,7 +15,6 @@ from convnp.ops.conv import conv2d_backward, conv2d_forward
 
 from .gradcheck import check_layer_gradients
 
-
 # --- the naive reference: the notes' definition, plain loops ------------------------------------
 
 def _pairs(*values):
@@ -132,7 +131,7 @@ def test_matches_pytorch_float32(case):
     tout = torch.nn.functional.conv2d(tx, tw, tb, stride=layer.stride, padding=layer.padding,
                                       dilation=layer.dilation)
     tout.backward(torch.tensor(dout))
-    tol = dict(rtol=1e-4, atol=1e-4)
+    tol = {"rtol": 1e-4, "atol": 1e-4}
     np.testing.assert_allclose(out, tout.detach().numpy(), **tol)
     np.testing.assert_allclose(dx, tx.grad.numpy(), **tol)
     np.testing.assert_allclose(layer.grads["weight"], tw.grad.numpy(), **tol)
@@ -214,16 +213,15 @@ def test_any_memory_layout_gives_the_same_answer():
 @st.composite
 def geometries(draw):
     """Any geometry, valid or not: sizes 1..9, kernels 1..4, stride 1..3, padding 0..2, dilation 1..2."""
-    return dict(h=draw(st.integers(1, 9)), w=draw(st.integers(1, 9)),
-                kh=draw(st.integers(1, 4)), kw=draw(st.integers(1, 4)),
-                sh=draw(st.integers(1, 3)), sw=draw(st.integers(1, 3)),
-                ph=draw(st.integers(0, 2)), pw=draw(st.integers(0, 2)),
-                dh=draw(st.integers(1, 2)), dw=draw(st.integers(1, 2)),
-                rounding=draw(st.sampled_from(["exact", "floor", "ceil"])))
+    g = {name: draw(st.integers(lo, hi)) for name, lo, hi in (
+        ("h", 1, 9), ("w", 1, 9), ("kh", 1, 4), ("kw", 1, 4), ("sh", 1, 3), ("sw", 1, 3),
+        ("ph", 0, 2), ("pw", 0, 2), ("dh", 1, 2), ("dw", 1, 2))}
+    return {**g, "rounding": draw(st.sampled_from(["exact", "floor", "ceil"]))}
 
 
 def is_valid(g):
-    for size, k, s, p, d in ((g["h"], g["kh"], g["sh"], g["ph"], g["dh"]), (g["w"], g["kw"], g["sw"], g["pw"], g["dw"])):
+    for axis in ("h", "w"):
+        size, k, s, p, d = (g[name] for name in (axis, "k" + axis, "s" + axis, "p" + axis, "d" + axis))
         numer = size + 2 * p - (d * (k - 1) + 1)
         if numer < 0 or (g["rounding"] == "exact" and numer % s):
             return False
@@ -336,10 +334,10 @@ def test_config_round_trip():
 
 
 @pytest.mark.parametrize("kwargs", [
-    dict(in_channels=0), dict(out_channels=-1), dict(kernel_size=0), dict(stride=0),
-    dict(padding=-1), dict(dilation=0), dict(kernel_size=(3, 0)), dict(kernel_size=2.5),
-    dict(in_channels=True), dict(bias="yes"), dict(rounding="round"), dict(dtype="int32"),
-    dict(rng="seed"),
+    {"in_channels": 0}, {"out_channels": -1}, {"kernel_size": 0}, {"stride": 0},
+    {"padding": -1}, {"dilation": 0}, {"kernel_size": (3, 0)}, {"kernel_size": 2.5},
+    {"in_channels": True}, {"bias": "yes"}, {"rounding": "round"}, {"dtype": "int32"},
+    {"rng": "seed"},
 ])
 def test_bad_constructor_arguments(kwargs):
     args = {"in_channels": 3, "out_channels": 4, "kernel_size": 3, **kwargs}

@@ -51,7 +51,7 @@ class Conv2d(Layer):
     # --- the contract -------------------------------------------------------------------------
     def output_shape(self, input_shape: tuple) -> tuple:
         """(C, H, W) -> (K, OH, OW); ShapeError if the channels or the geometry do not fit."""
-        c, h, w = self._check_shape(input_shape, 3, self.in_channels)
+        _, h, w = self._check_shape(input_shape, 3, self.in_channels)
         oh, ow = output_hw((h, w), self.kernel_size, self.stride, self.padding, self.dilation,
                            self.rounding, layer=repr(self))
         return self.out_channels, oh, ow
