@@ -29,6 +29,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..errors import ConfigError, ShapeError
+from ..layers.base import state_mismatch
 
 #: at most this many keys of each kind (missing, unexpected, wrong shape) are named in an error
 MAX_LISTED = 10
@@ -188,9 +189,7 @@ def load_torch_state_dict(net, path_or_dict, strict: bool = True, exclude=()) ->
     for k in wanted:  # PyTorch < 0.4.1 saved batch norm without the counter
         if k not in state and k.endswith("num_batches_tracked") and k.rsplit(".", 1)[0] + ".running_mean" in state:
             state[k] = np.array(0, dtype=np.int64)
-    missing = [k for k in wanted if k not in state]
-    unexpected = [k for k in state if k not in wanted]
-    wrong = [k for k in wanted if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    missing, unexpected, wrong = state_mismatch(wanted, state)
     problems = []
     if strict and missing:
         problems.append(f"{len(missing)} missing key(s): {_listed(missing)}")

@@ -35,6 +35,14 @@ def make_rng(rng) -> np.random.Generator:
     raise ConfigError(f"rng must be a numpy Generator, an int seed or None, got {type(rng).__name__}")
 
 
+def state_mismatch(expected: dict, state: dict) -> tuple[list, list, list]:
+    """(missing, unexpected, wrong-shape) keys of ``state`` against ``expected`` (name -> array)."""
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    wrong = [k for k in expected if k in state and tuple(np.shape(state[k])) != tuple(np.shape(expected[k]))]
+    return missing, unexpected, wrong
+
+
 def check_dtype(dtype) -> np.dtype:
     dt = np.dtype(dtype)
     if dt.kind != "f":
@@ -100,9 +108,7 @@ class Layer:
 
     def load_state_dict(self, state: dict) -> None:
         own = self.state_dict()
-        missing = sorted(set(own) - set(state))
-        unexpected = sorted(set(state) - set(own))
-        wrong = sorted(k for k in own if k in state and tuple(np.shape(state[k])) != own[k].shape)
+        missing, unexpected, wrong = state_mismatch(own, state)
         if missing or unexpected or wrong:
             details = [f"missing {missing}" if missing else "", f"unexpected {unexpected}" if unexpected else "",
                        "wrong shape " + ", ".join(f"{k}: {np.shape(state[k])} vs {own[k].shape}" for k in wrong)

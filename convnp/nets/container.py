@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError, ShapeError, StateError
-from ..layers.base import LAYER_TYPES, Layer, check_dtype
+from ..layers.base import LAYER_TYPES, Layer, check_dtype, state_mismatch
 
 def relocate(err: Exception, name: str, extra: str = ""):
     """Prefix a child's error with its dotted path (``layer 'features.3'``) and re-raise it.
@@ -167,9 +167,7 @@ class Container(Layer):
         ShapeError; the message lists every offending key. Returns (missing, unexpected).
         """
         slots = self._slots()
-        missing = [k for k in slots if k not in state]
-        unexpected = [k for k in state if k not in slots]
-        wrong = [k for k in slots if k in state and tuple(np.shape(state[k])) != slots[k][0][slots[k][1]].shape]
+        missing, unexpected, wrong = state_mismatch({k: store[key] for k, (store, key) in slots.items()}, state)
         problems = []
         if strict and missing:
             problems.append(f"missing keys: {_short(missing)}")
