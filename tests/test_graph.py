@@ -15,6 +15,7 @@ from convnp.nets.sequential import Sequential
 
 from .gradcheck import check_layer_gradients
 from .test_nets import Affine
+from .torch_twins import check_train_and_eval, twins
 
 
 def fan_out_graph(seed=0):
@@ -328,74 +329,6 @@ def test_inception_block_builder(rng):
 
 
 # --- ResNet and GoogLeNet blocks against PyTorch modules with the same weights ----------------------------
-def _torch_blocks():
-    torch = pytest.importorskip("torch", reason="torch is the test oracle; install the test extra")
-    nn = torch.nn
-
-    class TorchBasicBlock(nn.Module):  # torchvision.models.resnet.BasicBlock, written out
-        def __init__(self, inplanes, planes, stride):
-            super().__init__()
-            self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(planes)
-            self.relu = nn.ReLU()
-            self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(planes)
-            self.downsample = None
-            if stride != 1 or inplanes != planes:
-                self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False),
-                                                nn.BatchNorm2d(planes))
-
-        def forward(self, x):
-            out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
-            return self.relu(out + (x if self.downsample is None else self.downsample(x)))
-
-    class TorchBottleneck(nn.Module):  # torchvision's v1.5 Bottleneck, written out
-        def __init__(self, inplanes, planes, stride, base_width=64):
-            super().__init__()
-            width = planes * base_width // 64
-            self.conv1 = nn.Conv2d(inplanes, width, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(width)
-            self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(width)
-            self.conv3 = nn.Conv2d(width, planes * 4, 1, bias=False)
-            self.bn3 = nn.BatchNorm2d(planes * 4)
-            self.relu = nn.ReLU()
-            self.downsample = None
-            if stride != 1 or inplanes != planes * 4:
-                self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes * 4, 1, stride, bias=False),
-                                                nn.BatchNorm2d(planes * 4))
-
-        def forward(self, x):
-            out = self.relu(self.bn1(self.conv1(x)))
-            out = self.relu(self.bn2(self.conv2(out)))
-            out = self.bn3(self.conv3(out))
-            return self.relu(out + (x if self.downsample is None else self.downsample(x)))
-
-    class BasicConv2d(nn.Module):
-        def __init__(self, cin, cout, k, padding=0):
-            super().__init__()
-            self.conv = nn.Conv2d(cin, cout, k, padding=padding, bias=False)
-            self.bn = nn.BatchNorm2d(cout, eps=0.001)
-
-        def forward(self, x):
-            return torch.relu(self.bn(self.conv(x)))
-
-    class TorchInception(nn.Module):  # torchvision.models.googlenet.Inception, written out
-        def __init__(self, cin, ch1x1, ch3x3red, ch3x3, ch5x5red, ch5x5, pool_proj, k3):
-            super().__init__()
-            self.branch1 = BasicConv2d(cin, ch1x1, 1)
-            self.branch2 = nn.Sequential(BasicConv2d(cin, ch3x3red, 1), BasicConv2d(ch3x3red, ch3x3, 3, padding=1))
-            self.branch3 = nn.Sequential(BasicConv2d(cin, ch5x5red, 1),
-                                         BasicConv2d(ch5x5red, ch5x5, k3, padding=(k3 - 1) // 2))
-            self.branch4 = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1, ceil_mode=True),
-                                         BasicConv2d(cin, pool_proj, 1))
-
-        def forward(self, x):
-            return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], 1)
-
-    return torch, TorchBasicBlock, TorchBottleneck, TorchInception
-
-
 def _randomize_state(net, seed):
     """Random params and BN statistics, so a test can tell the weights apart."""
     rng = np.random.default_rng(seed)
@@ -416,53 +349,39 @@ def _compare_with_torch(torch, ours, theirs, x_shape, seed=0):
     theirs.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in ours.state_dict().items()})
     rng = np.random.default_rng(seed + 1)
     x = rng.standard_normal(x_shape).astype(np.float32)
-    for train in (False, True):
-        theirs.train(train)
-        tx = torch.from_numpy(x).requires_grad_()
-        tout = theirs(tx)
-        dout = rng.standard_normal(tuple(tout.shape)).astype(np.float32)
-        tout.backward(torch.from_numpy(dout))
-        out = ours(x, train=train)
-        np.testing.assert_allclose(out, tout.detach().numpy(), rtol=1e-4, atol=1e-4)
-        assert ours.output_shape(x_shape[1:]) == out.shape[1:]
-        np.testing.assert_allclose(ours.backward(dout), tx.grad.numpy(), rtol=1e-4, atol=1e-4)
-        tgrads = {k: p.grad.numpy() for k, p in theirs.named_parameters()}
-        assert list(ours.grads) == list(tgrads)
-        for k, g in ours.grads.items():
-            np.testing.assert_allclose(g, tgrads[k], rtol=1e-4, atol=1e-4, err_msg=k)
-        theirs.zero_grad()
-    for k, v in theirs.state_dict().items():  # the train pass moved the running statistics alike
-        np.testing.assert_allclose(ours.state_dict()[k], v.numpy(), rtol=1e-4, atol=1e-5, err_msg=k)
+    check_train_and_eval(torch, ours, theirs, x, lambda shape: rng.standard_normal(shape).astype(np.float32),
+                         trains=(False, True), rtol=1e-4, atol=1e-4, state_rtol=1e-4, state_atol=1e-5)
 
 
 @pytest.mark.parametrize("inplanes, planes, stride", [(3, 3, 1), (2, 4, 1), (3, 4, 2)])
 def test_basic_block_matches_torch(inplanes, planes, stride):
     from convnp.nets.blocks import BasicBlock
 
-    torch, TorchBasicBlock, _, _ = _torch_blocks()
+    T = twins()
     ours = BasicBlock(inplanes, planes, stride, rng=0)
     assert ("downsample" in dict(ours.named_children())) == (stride != 1 or inplanes != planes)
-    _compare_with_torch(torch, ours, TorchBasicBlock(inplanes, planes, stride), (2, inplanes, 5, 5))
+    _compare_with_torch(T.torch, ours, T.BasicBlock(inplanes, planes, stride), (2, inplanes, 5, 5))
 
 
 @pytest.mark.parametrize("inplanes, planes, stride, base_width", [(8, 2, 1, 64), (3, 2, 2, 64), (4, 2, 1, 128)])
 def test_bottleneck_matches_torch(inplanes, planes, stride, base_width):
     from convnp.nets.blocks import Bottleneck
 
-    torch, _, TorchBottleneck, _ = _torch_blocks()
+    T = twins()
     ours = Bottleneck(inplanes, planes, stride, base_width=base_width, rng=0)
-    _compare_with_torch(torch, ours, TorchBottleneck(inplanes, planes, stride, base_width), (2, inplanes, 4, 4))
+    _compare_with_torch(T.torch, ours, T.Bottleneck(inplanes, planes, stride, base_width=base_width),
+                        (2, inplanes, 4, 4))
 
 
 @pytest.mark.parametrize("k3", [3, 5])
 def test_inception_matches_torch(k3):
     from convnp.nets.blocks import Inception
 
-    torch, _, _, TorchInception = _torch_blocks()
+    T = twins()
     args = (4, 2, 3, 4, 2, 3, 2)
     ours = Inception(*args, branch3_kernel_size=k3, rng=0)
     assert ours.output_shape((4, 5, 5)) == (2 + 4 + 3 + 2, 5, 5)
-    _compare_with_torch(torch, ours, TorchInception(*args, k3), (2, 4, 5, 5))
+    _compare_with_torch(T.torch, ours, T.Inception(*args, branch3_kernel_size=k3), (2, 4, 5, 5))
 
 
 def test_blocks_gradcheck_float64(rng):

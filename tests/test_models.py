@@ -1,26 +1,31 @@
 """The model zoo: parameter counts, shapes, torchvision names, and equality with PyTorch nets.
 
-The PyTorch reference nets below are written with torch.nn only (torchvision is not a
-dependency), mirroring torchvision's module names. Their weights (and randomised BatchNorm
+The PyTorch reference nets (tests/torch_twins.py) are written with torch.nn only (torchvision is
+not a dependency), mirroring torchvision's module names. Their weights (and randomised BatchNorm
 statistics) are loaded into ours with our strict ``load_state_dict``, which also checks that our
 state names are exactly torchvision's.
 """
 
 import json
-import types
 
 import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-import convnp.layers.conv as conv_module
-import convnp.layers.linear as linear_module
 from convnp.errors import ConfigError, ShapeError, StateError
-from convnp.models import AdaptiveAvgPool2d, AuxSequential, ZeroPadShortcut, get_model, list_models, model_info
-from convnp.nets.blocks import Bottleneck
 from convnp.layers.base import layer_from_config, layer_to_config
+from convnp.models import (
+    AdaptiveAvgPool2d,
+    AuxSequential,
+    ZeroPadShortcut,
+    get_model,
+    list_models,
+    model_info,
+)
+from convnp.nets.blocks import Bottleneck
 from tests.gradcheck import check_layer_gradients
+from tests.torch_twins import skip_weight_draws, twins
 
 ALL_MODELS = ["lenet5", "cs231n_3layer", "cifar_convnet", "alexnet", "alexnet_v1", "zfnet",
               "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn", "googlenet",
@@ -67,13 +72,8 @@ IMAGENET = {"alexnet", "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn
 
 @pytest.fixture
 def cheap_init(monkeypatch):
-    """Counting parameters needs their shapes, not their values: skip the random draws
-    (He init of VGG's 100M-weight FC takes seconds). np.empty touches no memory."""
-    def fast(rng, shape, fan_in, dtype):
-        return np.empty(shape, dtype=dtype)
-
-    monkeypatch.setattr(conv_module, "he_normal", fast)
-    monkeypatch.setattr(linear_module, "he_normal", fast)
+    """Counting parameters needs their shapes, not their values: skip the random draws."""
+    skip_weight_draws(monkeypatch)
 
 
 def _x(shape, seed=0, dtype=np.float32):
@@ -192,226 +192,10 @@ def test_torchvision_state_names(cheap_init):
     assert "conv1.conv.bias" not in g
 
 
-# --- PyTorch reference nets -----------------------------------------------------------------------
-def _torch_refs(torch):
-    nn, F = torch.nn, torch.nn.functional
-
-    class LeNet(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.features = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-                                          nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2))
-            self.classifier = nn.Sequential(nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
-                                            nn.Linear(84, 10))
-
-        def forward(self, x):
-            return self.classifier(torch.flatten(self.features(x), 1))
-
-    class AlexNet(nn.Module):  # torchvision.models.alexnet
-        def __init__(self, num_classes):
-            super().__init__()
-            self.features = nn.Sequential(
-                nn.Conv2d(3, 64, 11, 4, 2), nn.ReLU(), nn.MaxPool2d(3, 2),
-                nn.Conv2d(64, 192, 5, padding=2), nn.ReLU(), nn.MaxPool2d(3, 2),
-                nn.Conv2d(192, 384, 3, padding=1), nn.ReLU(), nn.Conv2d(384, 256, 3, padding=1), nn.ReLU(),
-                nn.Conv2d(256, 256, 3, padding=1), nn.ReLU(), nn.MaxPool2d(3, 2))
-            self.avgpool = nn.AdaptiveAvgPool2d((6, 6))
-            self.classifier = nn.Sequential(nn.Dropout(), nn.Linear(9216, 4096), nn.ReLU(), nn.Dropout(),
-                                            nn.Linear(4096, 4096), nn.ReLU(), nn.Linear(4096, num_classes))
-
-        def forward(self, x):
-            return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
-
-    class VGG(nn.Module):  # torchvision.models.vgg
-        def __init__(self, plan, batch_norm, num_classes):
-            super().__init__()
-            layers, c = [], 3
-            for v in plan:
-                if v == "M":
-                    layers.append(nn.MaxPool2d(2, 2))
-                else:
-                    layers += [nn.Conv2d(c, v, 3, padding=1)] + ([nn.BatchNorm2d(v)] if batch_norm else []) + [nn.ReLU()]
-                    c = v
-            self.features = nn.Sequential(*layers)
-            self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
-            self.classifier = nn.Sequential(nn.Linear(512 * 49, 4096), nn.ReLU(), nn.Dropout(),
-                                            nn.Linear(4096, 4096), nn.ReLU(), nn.Dropout(),
-                                            nn.Linear(4096, num_classes))
-
-        def forward(self, x):
-            return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
-
-    class BasicBlock(nn.Module):  # torchvision.models.resnet.BasicBlock
-        def __init__(self, inplanes, planes, stride=1, downsample=None):
-            super().__init__()
-            self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(planes)
-            self.relu = nn.ReLU()
-            self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(planes)
-            self.downsample = downsample
-
-        def forward(self, x):
-            identity = x if self.downsample is None else self.downsample(x)
-            out = self.relu(self.bn1(self.conv1(x)))
-            return self.relu(self.bn2(self.conv2(out)) + identity)
-
-    class Bottleneck(nn.Module):  # torchvision v1.5: the stride on conv2
-        def __init__(self, inplanes, planes, stride=1, downsample=None):
-            super().__init__()
-            self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(planes)
-            self.conv2 = nn.Conv2d(planes, planes, 3, stride, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(planes)
-            self.conv3 = nn.Conv2d(planes, planes * 4, 1, bias=False)
-            self.bn3 = nn.BatchNorm2d(planes * 4)
-            self.relu = nn.ReLU()
-            self.downsample = downsample
-
-        def forward(self, x):
-            identity = x if self.downsample is None else self.downsample(x)
-            out = self.relu(self.bn1(self.conv1(x)))
-            out = self.relu(self.bn2(self.conv2(out)))
-            return self.relu(self.bn3(self.conv3(out)) + identity)
-
-    def projection(cin, cout, stride):
-        return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
-
-    class ResNet18(nn.Module):  # torchvision.models.resnet18
-        def __init__(self, num_classes):
-            super().__init__()
-            self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-            self.bn1 = nn.BatchNorm2d(64)
-            self.relu = nn.ReLU()
-            self.maxpool = nn.MaxPool2d(3, 2, 1)
-            inplanes = 64
-            for i, planes in enumerate((64, 128, 256, 512)):
-                stride = 1 if i == 0 else 2
-                down = projection(inplanes, planes, stride) if stride != 1 else None
-                setattr(self, f"layer{i + 1}", nn.Sequential(BasicBlock(inplanes, planes, stride, down),
-                                                             BasicBlock(planes, planes)))
-                inplanes = planes
-            self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-            self.fc = nn.Linear(512, num_classes)
-
-        def forward(self, x):
-            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-            return self.fc(torch.flatten(self.avgpool(x), 1))
-
-    class PadShortcut(nn.Module):  # option A: subsample, zero channels before and after
-        def __init__(self, pad):
-            super().__init__()
-            self.pad = pad
-
-        def forward(self, x):
-            return F.pad(x[:, :, ::2, ::2], (0, 0, 0, 0, self.pad, self.pad))
-
-    class CifarResNet(nn.Module):
-        def __init__(self, n, num_classes=10):
-            super().__init__()
-            self.conv1 = nn.Conv2d(3, 16, 3, 1, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(16)
-            self.relu = nn.ReLU()
-            inplanes = 16
-            for i, planes in enumerate((16, 32, 64)):
-                blocks = []
-                for j in range(n):
-                    stride = 2 if i > 0 and j == 0 else 1
-                    down = PadShortcut(planes // 4) if stride != 1 else None
-                    blocks.append(BasicBlock(inplanes, planes, stride, down))
-                    inplanes = planes
-                setattr(self, f"layer{i + 1}", nn.Sequential(*blocks))
-            self.fc = nn.Linear(64, num_classes)
-
-        def forward(self, x):
-            x = self.relu(self.bn1(self.conv1(x)))
-            x = self.layer3(self.layer2(self.layer1(x)))
-            return self.fc(x.mean((2, 3)))
-
-    class BasicConv2d(nn.Module):  # torchvision.models.googlenet.BasicConv2d
-        def __init__(self, cin, cout, **kw):
-            super().__init__()
-            self.conv = nn.Conv2d(cin, cout, bias=False, **kw)
-            self.bn = nn.BatchNorm2d(cout, eps=0.001)
-
-        def forward(self, x):
-            return F.relu(self.bn(self.conv(x)))
-
-    class Inception(nn.Module):
-        def __init__(self, cin, c1, c3r, c3, c5r, c5, pp):
-            super().__init__()
-            self.branch1 = BasicConv2d(cin, c1, kernel_size=1)
-            self.branch2 = nn.Sequential(BasicConv2d(cin, c3r, kernel_size=1), BasicConv2d(c3r, c3, kernel_size=3,
-                                                                                            padding=1))
-            self.branch3 = nn.Sequential(BasicConv2d(cin, c5r, kernel_size=1), BasicConv2d(c5r, c5, kernel_size=3,
-                                                                                            padding=1))
-            self.branch4 = nn.Sequential(nn.MaxPool2d(3, 1, 1, ceil_mode=True), BasicConv2d(cin, pp, kernel_size=1))
-
-        def forward(self, x):
-            return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], 1)
-
-    class InceptionAux(nn.Module):
-        def __init__(self, cin, num_classes, dropout):
-            super().__init__()
-            self.conv = BasicConv2d(cin, 128, kernel_size=1)
-            self.fc1 = nn.Linear(2048, 1024)
-            self.fc2 = nn.Linear(1024, num_classes)
-            self.dropout = nn.Dropout(dropout)
-
-        def forward(self, x):
-            x = torch.flatten(self.conv(F.adaptive_avg_pool2d(x, (4, 4))), 1)
-            return self.fc2(self.dropout(F.relu(self.fc1(x))))
-
-    class GoogLeNet(nn.Module):  # torchvision.models.googlenet (transform_input=False)
-        def __init__(self, num_classes, aux_logits=False, dropout=0.2, dropout_aux=0.7):
-            super().__init__()
-            self.conv1 = BasicConv2d(3, 64, kernel_size=7, stride=2, padding=3)
-            self.maxpool1 = nn.MaxPool2d(3, 2, ceil_mode=True)
-            self.conv2 = BasicConv2d(64, 64, kernel_size=1)
-            self.conv3 = BasicConv2d(64, 192, kernel_size=3, padding=1)
-            self.maxpool2 = nn.MaxPool2d(3, 2, ceil_mode=True)
-            self.inception3a = Inception(192, 64, 96, 128, 16, 32, 32)
-            self.inception3b = Inception(256, 128, 128, 192, 32, 96, 64)
-            self.maxpool3 = nn.MaxPool2d(3, 2, ceil_mode=True)
-            self.inception4a = Inception(480, 192, 96, 208, 16, 48, 64)
-            self.inception4b = Inception(512, 160, 112, 224, 24, 64, 64)
-            self.inception4c = Inception(512, 128, 128, 256, 24, 64, 64)
-            self.inception4d = Inception(512, 112, 144, 288, 32, 64, 64)
-            self.inception4e = Inception(528, 256, 160, 320, 32, 128, 128)
-            self.maxpool4 = nn.MaxPool2d(2, 2, ceil_mode=True)
-            self.inception5a = Inception(832, 256, 160, 320, 32, 128, 128)
-            self.inception5b = Inception(832, 384, 192, 384, 48, 128, 128)
-            self.aux_logits = aux_logits
-            if aux_logits:
-                self.aux1 = InceptionAux(512, num_classes, dropout_aux)
-                self.aux2 = InceptionAux(528, num_classes, dropout_aux)
-            self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-            self.dropout = nn.Dropout(dropout)
-            self.fc = nn.Linear(1024, num_classes)
-
-        def forward(self, x):
-            x = self.maxpool1(self.conv1(x))
-            x = self.maxpool2(self.conv3(self.conv2(x)))
-            x = self.maxpool3(self.inception3b(self.inception3a(x)))
-            x = self.inception4a(x)
-            a1 = self.aux1(x) if self.aux_logits and self.training else None
-            x = self.inception4d(self.inception4c(self.inception4b(x)))
-            a2 = self.aux2(x) if self.aux_logits and self.training else None
-            x = self.maxpool4(self.inception4e(x))
-            x = self.inception5b(self.inception5a(x))
-            x = self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))
-            return (x, a1, a2) if a1 is not None else x
-
-    return types.SimpleNamespace(torch=torch, LeNet=LeNet, AlexNet=AlexNet, VGG=VGG, ResNet18=ResNet18,
-                                 Bottleneck=Bottleneck, projection=projection, CifarResNet=CifarResNet,
-                                 GoogLeNet=GoogLeNet)
-
-
+# --- PyTorch reference nets (tests/torch_twins.py) ---------------------------------------------------
 @pytest.fixture(scope="module")
 def T():
-    torch = pytest.importorskip("torch", reason="torch is the test oracle; install the test extra")
-    return _torch_refs(torch)
+    return twins()
 
 
 def _sync(T, ours, theirs, seed=1):
@@ -487,9 +271,9 @@ def test_alexnet_matches_torch_at_64(T, cheap_init):
 
 def test_vgg11_bn_matches_torch_at_32(T, cheap_init):
     # 32x32: five pools give 1x1x512, which the adaptive pool repeats to 7x7 before the 25088-input FC
-    from convnp.models.vgg import CONFIGS
+    from tests.torch_twins import VGG11_PLAN   # written out independently of convnp's own table
     net = get_model("vgg11_bn", num_classes=4)
-    ref = T.VGG(CONFIGS["vgg11"], True, 4)
+    ref = T.VGG(VGG11_PLAN, True, 4)
     _sync(T, net, ref)
     _compare(T, net, ref, _x((2, 3, 32, 32)), train=False)
 

@@ -16,6 +16,7 @@ from convnp.layers.norm import BatchNorm1d
 from convnp.nets.sequential import Sequential
 
 from .gradcheck import check_layer_gradients, rel_error
+from .torch_twins import check_train_and_eval
 
 
 class Affine(Layer):
@@ -143,21 +144,9 @@ def test_state_dict_names_and_values_equal_torch(rng):
     tnet.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in net.state_dict().items()})
     x = rng.standard_normal((6, 5)).astype(np.float32)
     dout = rng.standard_normal((6, 3)).astype(np.float32)
-    for train in (True, False):
-        tnet.train(train)
-        tx = torch.from_numpy(x).requires_grad_()
-        tout = tnet(tx)
-        tout.backward(torch.from_numpy(dout))
-        out = net(x, train=train)
-        np.testing.assert_allclose(out, tout.detach().numpy(), rtol=1e-4, atol=1e-5)
-        np.testing.assert_allclose(net.backward(dout), tx.grad.numpy(), rtol=1e-4, atol=1e-5)
-        tgrads = {k: p.grad.numpy() for k, p in tnet.named_parameters()}
-        assert list(net.grads) == list(tgrads)
-        for k, g in net.grads.items():
-            np.testing.assert_allclose(g, tgrads[k], rtol=1e-4, atol=1e-5, err_msg=k)
-        tnet.zero_grad()
-    for k, v in tnet.state_dict().items():  # running stats updated alike by the train pass
-        np.testing.assert_allclose(net.state_dict()[k], v.numpy(), rtol=1e-5, atol=1e-6, err_msg=k)
+    # train first: the eval pass then uses the running stats both updated
+    check_train_and_eval(torch, net, tnet, x, lambda shape: dout, trains=(True, False), rtol=1e-4, atol=1e-5,
+                         state_rtol=1e-5, state_atol=1e-6)
 
 
 def test_named_parameters_are_the_layers_arrays(rng):

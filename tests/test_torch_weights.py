@@ -1,21 +1,18 @@
 """PyTorch state_dicts in and out, the pretrained-zoo path, and the fine-tuning helpers.
 
-The PyTorch twins of the zoo models are written here from torch.nn with torchvision's module
-names (torchvision itself does not install beside the local torch): their state_dicts, saved as
-.pth and .safetensors, load into convnp's zoo and give the same eval outputs (1e-4); convnp's
-weights saved back load into the torch nets (strict) and give convnp's outputs there.
+The PyTorch twins of the zoo models (tests/torch_twins.py) are written from torch.nn with
+torchvision's module names (torchvision itself does not install beside the local torch): their
+state_dicts, saved as .pth and .safetensors, load into convnp's zoo and give the same eval outputs
+(1e-4); convnp's weights saved back load into the torch nets (strict) and give convnp's outputs there.
 """
 
 import math
 import os
 import sys
-from collections import OrderedDict
 
 import numpy as np
 import pytest
 
-import convnp.layers.conv as conv_module
-import convnp.layers.linear as linear_module
 from convnp.errors import ConfigError, ShapeError
 from convnp.finetune import class_heads, find_head, replace_head
 from convnp.io.torch_weights import (
@@ -34,167 +31,36 @@ from convnp.losses import SoftmaxCrossEntropy
 from convnp.models import get_model
 from convnp.nets.sequential import Sequential
 from convnp.optim import SGD
+from tests import torch_twins
+from tests.torch_twins import skip_weight_draws
 
 
 def _torch():
     return pytest.importorskip("torch", reason="torch is the test oracle; install the test extra")
 
 
-# --- the torch twins, torchvision's names ----------------------------------------------------------
-def _twins(torch):
-    nn = torch.nn
-
-    def lenet5(num_classes=10):
-        features = nn.Sequential(nn.Conv2d(1, 6, 5, padding=2), nn.ReLU(), nn.MaxPool2d(2),
-                                 nn.Conv2d(6, 16, 5), nn.ReLU(), nn.MaxPool2d(2))
-        classifier = nn.Sequential(nn.Linear(400, 120), nn.ReLU(), nn.Linear(120, 84), nn.ReLU(),
-                                   nn.Linear(84, num_classes))
-        return nn.Sequential(OrderedDict(features=features, flatten=nn.Flatten(), classifier=classifier))
-
-    class VGG(nn.Module):  # torchvision.models.vgg.VGG with make_layers(cfg "A", batch_norm=True)
-        def __init__(self, num_classes):
-            super().__init__()
-            layers, c = [], 3
-            for v in [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512, "M"]:
-                if v == "M":
-                    layers.append(nn.MaxPool2d(2, 2))
-                else:
-                    layers += [nn.Conv2d(c, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
-                    c = v
-            self.features = nn.Sequential(*layers)
-            self.avgpool = nn.AdaptiveAvgPool2d((7, 7))
-            self.classifier = nn.Sequential(nn.Linear(512 * 7 * 7, 4096), nn.ReLU(True), nn.Dropout(),
-                                            nn.Linear(4096, 4096), nn.ReLU(True), nn.Dropout(),
-                                            nn.Linear(4096, num_classes))
-
-        def forward(self, x):
-            return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
-
-    class BasicBlock(nn.Module):
-        def __init__(self, inplanes, planes, stride=1):
-            super().__init__()
-            self.conv1 = nn.Conv2d(inplanes, planes, 3, stride, 1, bias=False)
-            self.bn1 = nn.BatchNorm2d(planes)
-            self.relu = nn.ReLU(inplace=True)
-            self.conv2 = nn.Conv2d(planes, planes, 3, 1, 1, bias=False)
-            self.bn2 = nn.BatchNorm2d(planes)
-            self.downsample = None
-            if stride != 1 or inplanes != planes:
-                self.downsample = nn.Sequential(nn.Conv2d(inplanes, planes, 1, stride, bias=False),
-                                                nn.BatchNorm2d(planes))
-
-        def forward(self, x):
-            out = self.bn2(self.conv2(self.relu(self.bn1(self.conv1(x)))))
-            return self.relu(out + (x if self.downsample is None else self.downsample(x)))
-
-    class ResNet18(nn.Module):
-        def __init__(self, num_classes):
-            super().__init__()
-            self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
-            self.bn1 = nn.BatchNorm2d(64)
-            self.relu = nn.ReLU(inplace=True)
-            self.maxpool = nn.MaxPool2d(3, 2, 1)
-            inplanes = 64
-            for i, planes in enumerate((64, 128, 256, 512)):
-                stride = 1 if i == 0 else 2
-                setattr(self, f"layer{i + 1}", nn.Sequential(BasicBlock(inplanes, planes, stride),
-                                                             BasicBlock(planes, planes)))
-                inplanes = planes
-            self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-            self.fc = nn.Linear(512, num_classes)
-
-        def forward(self, x):
-            x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
-            x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
-            return self.fc(torch.flatten(self.avgpool(x), 1))
-
-    class BasicConv2d(nn.Module):
-        def __init__(self, cin, cout, **kw):
-            super().__init__()
-            self.conv = nn.Conv2d(cin, cout, bias=False, **kw)
-            self.bn = nn.BatchNorm2d(cout, eps=0.001)
-
-        def forward(self, x):
-            return torch.relu(self.bn(self.conv(x)))
-
-    class Inception(nn.Module):
-        def __init__(self, cin, c1, c3r, c3, c5r, c5, pp):
-            super().__init__()
-            self.branch1 = BasicConv2d(cin, c1, kernel_size=1)
-            self.branch2 = nn.Sequential(BasicConv2d(cin, c3r, kernel_size=1), BasicConv2d(c3r, c3, kernel_size=3,
-                                                                                           padding=1))
-            self.branch3 = nn.Sequential(BasicConv2d(cin, c5r, kernel_size=1), BasicConv2d(c5r, c5, kernel_size=3,
-                                                                                           padding=1))
-            self.branch4 = nn.Sequential(nn.MaxPool2d(3, stride=1, padding=1, ceil_mode=True),
-                                         BasicConv2d(cin, pp, kernel_size=1))
-
-        def forward(self, x):
-            return torch.cat([self.branch1(x), self.branch2(x), self.branch3(x), self.branch4(x)], 1)
-
-    class InceptionAux(nn.Module):
-        def __init__(self, cin, num_classes):
-            super().__init__()
-            self.conv = BasicConv2d(cin, 128, kernel_size=1)
-            self.fc1 = nn.Linear(2048, 1024)
-            self.fc2 = nn.Linear(1024, num_classes)
-            self.dropout = nn.Dropout(0.7)
-
-    class GoogLeNet(nn.Module):  # torchvision's, aux heads kept (as in its weights file), transform_input off
-        def __init__(self, num_classes):
-            super().__init__()
-            self.conv1 = BasicConv2d(3, 64, kernel_size=7, stride=2, padding=3)
-            self.maxpool1 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
-            self.conv2 = BasicConv2d(64, 64, kernel_size=1)
-            self.conv3 = BasicConv2d(64, 192, kernel_size=3, padding=1)
-            self.maxpool2 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
-            self.inception3a = Inception(192, 64, 96, 128, 16, 32, 32)
-            self.inception3b = Inception(256, 128, 128, 192, 32, 96, 64)
-            self.maxpool3 = nn.MaxPool2d(3, stride=2, ceil_mode=True)
-            self.inception4a = Inception(480, 192, 96, 208, 16, 48, 64)
-            self.inception4b = Inception(512, 160, 112, 224, 24, 64, 64)
-            self.inception4c = Inception(512, 128, 128, 256, 24, 64, 64)
-            self.inception4d = Inception(512, 112, 144, 288, 32, 64, 64)
-            self.inception4e = Inception(528, 256, 160, 320, 32, 128, 128)
-            self.maxpool4 = nn.MaxPool2d(2, stride=2, ceil_mode=True)
-            self.inception5a = Inception(832, 256, 160, 320, 32, 128, 128)
-            self.inception5b = Inception(832, 384, 192, 384, 48, 128, 128)
-            self.aux1 = InceptionAux(512, num_classes)
-            self.aux2 = InceptionAux(528, num_classes)
-            self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
-            self.dropout = nn.Dropout(0.2)
-            self.fc = nn.Linear(1024, num_classes)
-
-        def forward(self, x):  # eval: the aux heads do not run
-            x = self.maxpool1(self.conv1(x))
-            x = self.maxpool2(self.conv3(self.conv2(x)))
-            x = self.maxpool3(self.inception3b(self.inception3a(x)))
-            for n in ("4a", "4b", "4c", "4d", "4e"):
-                x = getattr(self, f"inception{n}")(x)
-            x = self.inception5b(self.inception5a(self.maxpool4(x)))
-            return self.fc(self.dropout(torch.flatten(self.avgpool(x), 1)))
-
-    return {"lenet5": lenet5, "vgg11_bn": VGG, "resnet18": ResNet18, "googlenet": GoogLeNet}
-
-
+# --- the torch twins (tests/torch_twins.py), torchvision's names ---------------------------------------
 @pytest.fixture(scope="module")
 def twins():
     """The twin builders; torch runs single-threaded meanwhile (tiny convs on a shared 2-core machine
     spend more time in thread hand-offs than in arithmetic)."""
-    torch = _torch()
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield _twins(torch)
-    torch.set_num_threads(threads)
+    T = torch_twins.twins()
+    threads = T.torch.get_num_threads()
+    T.torch.set_num_threads(1)
+    yield {
+        "lenet5": T.LeNet,
+        "vgg11_bn": lambda num_classes: T.VGG(torch_twins.VGG11_PLAN, True, num_classes),
+        "resnet18": T.ResNet18,
+        # aux heads kept, as in torchvision's weights file (in eval mode they do not run)
+        "googlenet": lambda num_classes: T.GoogLeNet(num_classes, aux_logits=True),
+    }
+    T.torch.set_num_threads(threads)
 
 
 @pytest.fixture
-def zero_init(monkeypatch):
-    """The weights get overwritten by a load: skip the He draws (VGG's 100M-weight FC takes seconds)."""
-    def zeros(rng, shape, fan_in, dtype):
-        return np.zeros(shape, dtype=dtype)
-
-    monkeypatch.setattr(conv_module, "he_normal", zeros)
-    monkeypatch.setattr(linear_module, "he_normal", zeros)
+def cheap_init(monkeypatch):
+    """The weights get overwritten by a load, or only their shapes count: skip the He draws."""
+    skip_weight_draws(monkeypatch)
 
 
 def _randomize_torch(torch, model, seed):
@@ -243,7 +109,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("name", list(CASES))
-def test_torch_weights_round_trip(name, twins, tmp_path, zero_init):
+def test_torch_weights_round_trip(name, twins, tmp_path, cheap_init):
     """torch -> .pth/.safetensors -> convnp (same outputs) -> .pth/.safetensors -> torch (same outputs)."""
     torch = _torch()
     from safetensors.torch import load_file, save_file
@@ -514,16 +380,6 @@ def test_save_is_atomic_and_checks_arguments(tmp_path):
 
 
 # --- fine-tuning -----------------------------------------------------------------------------------
-@pytest.fixture
-def cheap_init(monkeypatch):
-    """Finding heads needs shapes, not values: skip the random draws of the giant FC layers."""
-    def empty(rng, shape, fan_in, dtype):
-        return np.empty(shape, dtype=dtype)
-
-    monkeypatch.setattr(conv_module, "he_normal", empty)
-    monkeypatch.setattr(linear_module, "he_normal", empty)
-
-
 @pytest.mark.parametrize("name, head, in_features", [
     ("lenet5", "classifier.4", 84), ("alexnet", "classifier.6", 4096), ("vgg11_bn", "classifier.6", 4096),
     ("resnet18", "fc", 512), ("resnet50", "fc", 2048), ("googlenet", "fc", 1024), ("resnet20", "fc", 64),
