@@ -17,7 +17,7 @@ import numpy as np
 
 from ..errors import ConvnpError
 from ..optim import clip_grad_norm, join_state_dict, split_state_dict
-from .checkpoint import load_checkpoint, restore_rng, rng_state, save_checkpoint
+from .checkpoint import CheckpointError, load_checkpoint, restore_rng, rng_state, save_checkpoint
 
 
 class TrainingError(ConvnpError):
@@ -217,12 +217,17 @@ class Trainer:
         self.optimizer.load_state_dict(join_state_dict(optim, meta["optimizer"]))
         if self.schedule is not None and meta.get("schedule") is not None:
             self.schedule.load_state_dict(meta["schedule"])
-        for cb, state in zip(self.callbacks, meta.get("callbacks", [])):
+        saved_callbacks = meta.get("callbacks", [])
+        gens = layer_generators(self.net)
+        if len(saved_callbacks) != len(self.callbacks) or len(gens) != len(meta["layer_rngs"]):
+            raise CheckpointError(
+                f"{path}: the checkpoint has {len(saved_callbacks)} callbacks and {len(meta['layer_rngs'])} layer "
+                f"RNGs, this trainer {len(self.callbacks)} and {len(gens)}: resume with the same net and callbacks")
+        for cb, state in zip(self.callbacks, saved_callbacks, strict=True):
             if state is not None and hasattr(cb, "load_state_dict"):
                 cb.load_state_dict(state)
-        gens = layer_generators(self.net)
-        for gen, state in zip(gens, meta["layer_rngs"]):
-            gen.bit_generator.state = restore_rng(state).bit_generator.state
+        for gen, state in zip(gens, meta["layer_rngs"], strict=True):
+            restore_rng(state, into=gen)
         self.train_loader.load_state_dict(meta["loader"])  # also checks seed, batch size and data size match
         t = meta["trainer"]
         self.epoch, self.step_in_epoch, self.global_step = t["epoch"], t["step_in_epoch"], t["global_step"]
