@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import convnp.ops.conv as conv_ops
+from convnp import threads
 from convnp.errors import ConfigError, ShapeError, StateError
 from convnp.layers.base import get_layer_class
 from convnp.layers.conv import Conv2d
@@ -156,6 +157,16 @@ def test_matches_naive_loops_float64(case):
     np.testing.assert_allclose(layer.grads["weight"], rdw, rtol=1e-10, atol=1e-10)
     if b is not None:
         np.testing.assert_allclose(layer.grads["bias"], rdb, rtol=1e-10, atol=1e-10)
+    # every way of finding dx, not only the one "auto" picks for this geometry
+    _, cache = conv2d_forward(x, w, b, layer.stride, layer.padding, layer.dilation, layer.rounding)
+    methods = ["col2im", "col2im_cnhw"] + (["flip"] if layer.stride == (1, 1) else [])
+    for method in methods:
+        gdx, gdw, gdb = conv2d_backward(dout, cache, dx_method=method)
+        np.testing.assert_allclose(gdx, rdx, rtol=1e-10, atol=1e-10, err_msg=method)
+        np.testing.assert_allclose(gdw, rdw, rtol=1e-10, atol=1e-10, err_msg=method)
+        assert (gdb is None) == (b is None)
+        if b is not None:
+            np.testing.assert_allclose(gdb, rdb, rtol=1e-10, atol=1e-10, err_msg=method)
 
 
 @pytest.mark.parametrize("case", [CASES[1], CASES[2], CASES[7], CASES[8], CASES[13], CASES[14],
@@ -170,13 +181,23 @@ def test_gradcheck_float64(case):
 
 # --- the kernels underneath -----------------------------------------------------------------
 
-@pytest.mark.parametrize("chunk_bytes", [1, 2 * 81 * 9 * 4 * 8, 1 << 30], ids=["1img", "2img", "all"])
-def test_chunks_and_dx_methods_agree(monkeypatch, chunk_bytes):
-    # 5 images in chunks of 1, 2 (with a remainder chunk) and all: every path equals the naive loops.
-    monkeypatch.setattr(conv_ops, "CHUNK_BYTES", chunk_bytes)
+@pytest.mark.parametrize("n_threads", [1, 3])
+@pytest.mark.parametrize("chunk", [1, 2, 99], ids=["1img", "2img", "all"])
+def test_chunks_threads_and_dx_methods_agree(monkeypatch, chunk, n_threads):
+    # 5 images in chunks of 1, 2 (with a remainder chunk when unthreaded) and all, split over 1
+    # or 3 threads (batch ranges of 1, 2 and 2 images): every path equals the naive loops.
+    flip_bytes_per_image = 9 * 9 * 3 * 3 * 4 * 8          # im2col of the padded dout, float64
+    monkeypatch.setattr(conv_ops, "CHUNK_BYTES", chunk * flip_bytes_per_image * n_threads)
+    monkeypatch.setattr(conv_ops, "MIN_PARALLEL_BYTES", 0)
+    with threads.num_threads(n_threads):
+        _check_every_path()
+
+
+def _check_every_path():
     rng = np.random.default_rng(6)
     x, w, b = rng.standard_normal((5, 3, 9, 9)), rng.standard_normal((4, 3, 3, 3)), rng.standard_normal(4)
-    for stride, padding, methods in [(1, 1, ("auto", "flip", "col2im")), (2, 1, ("auto", "col2im"))]:
+    all_methods = ("auto", "flip", "col2im", "col2im_cnhw")
+    for stride, padding, methods in [(1, 1, all_methods), (2, 1, ("auto", "col2im", "col2im_cnhw"))]:
         out, cache = conv2d_forward(x, w, b, stride, padding)
         np.testing.assert_allclose(out, naive_conv(x, w, b, stride, padding), rtol=1e-10, atol=1e-10)
         dout = rng.standard_normal(out.shape)
@@ -186,6 +207,23 @@ def test_chunks_and_dx_methods_agree(monkeypatch, chunk_bytes):
                 np.testing.assert_allclose(got, want, rtol=1e-10, atol=1e-10)
     with pytest.raises(ValueError, match="stride 1"):
         conv2d_backward(dout, cache, dx_method="flip")
+
+
+@pytest.mark.parametrize("c,stride", [(3, 1), (3, 2), (8, 1), (8, 2)])
+def test_backward_without_input_grad(c, stride):
+    # input_grad=False (a network's first layer): the same parameter gradients, no dx
+    rng = np.random.default_rng(8)
+    x = rng.standard_normal((3, c, 7, 7))
+    full, part = (Conv2d(c, 4, 3, stride=stride, padding=1, rng=0, dtype="float64") for _ in range(2))
+    dout = rng.standard_normal((3, *full.output_shape((c, 7, 7))))
+    full.forward(x)
+    full.backward(dout)
+    part.forward(x)
+    assert Conv2d.accepts_input_grad and part.backward(dout, input_grad=False) is None
+    for name in ("weight", "bias"):
+        np.testing.assert_allclose(part.grads[name], full.grads[name], rtol=1e-12, atol=1e-12)
+    with pytest.raises(StateError):
+        part.backward(dout)
 
 
 def test_any_memory_layout_gives_the_same_answer():

@@ -49,7 +49,15 @@ class _Elementwise:
 
 
 class ReLU(_Elementwise, Layer):
-    """max(0, x) elementwise; the gradient at exactly 0 is 0, as in PyTorch. Shape (N, *) -> (N, *)."""
+    """max(0, x) elementwise; the gradient at exactly 0 is 0, as in PyTorch. Shape (N, *) -> (N, *).
+
+    Inside a Sequential a layer with ``forward_relu`` (Conv2d) may apply this ReLU to its output
+    itself (while it is in cache); this layer then only keeps the mask for its backward.
+    """
+
+    def take_mask(self, mask, shape) -> None:
+        """Take the mask of a ReLU that the layer before applied (``convnp.engine.forward_chain``)."""
+        self._cache = (mask, tuple(shape))
 
     def _forward_op(self, x):
         return ops.relu_forward(x)

@@ -64,10 +64,13 @@ class Conv2d(Layer):
         self._cache, self._out_shape = cache, out.shape
         return out
 
-    def backward(self, dout):
-        """dout (N, K, OH, OW) -> dx (N, C, H, W); fills grads "weight" (and "bias")."""
+    #: ``backward(dout, input_grad=False)`` fills the grads and skips dx (returns None)
+    accepts_input_grad = True
+
+    def backward(self, dout, input_grad: bool = True):
+        """dout (N, K, OH, OW) -> dx (N, C, H, W), or None with ``input_grad=False``; fills grads."""
         cache = self._pop_cache(dout, self._out_shape)
-        dx, dw, db = conv2d_backward(dout, cache)
+        dx, dw, db = conv2d_backward(dout, cache, input_grad=input_grad)
         self.grads = {"weight": dw}
         if db is not None:
             self.grads["bias"] = db

@@ -65,10 +65,12 @@ class Linear(Layer):
         self._cache = (cache, out.shape)
         return out
 
-    def backward(self, dout):
+    accepts_input_grad = True  # backward(dout, input_grad=False): parameter gradients only, returns None
+
+    def backward(self, dout, input_grad: bool = True):
         cache, shape = self._cache if self._cache is not None else (None, None)
         self._pop_cache(dout, shape)
-        dx, dweight, dbias = ops.linear_backward(dout, cache)
+        dx, dweight, dbias = ops.linear_backward(dout, cache, input_grad)
         self.grads = {"weight": dweight.astype(self.params["weight"].dtype, copy=False)}
         if dbias is not None:
             self.grads["bias"] = dbias.astype(self.params["bias"].dtype, copy=False)

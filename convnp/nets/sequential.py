@@ -6,6 +6,7 @@ from collections import OrderedDict
 
 import numpy as np
 
+from ..engine import backward_steps, forward_chain, forward_steps, plan, worth_sharding
 from ..errors import ConfigError, ShapeError
 from ..layers.base import Layer
 from ..layers.base import layer_from_config, layer_to_config
@@ -61,22 +62,40 @@ class Sequential(Container):
 
     # --- forward / backward -----------------------------------------------------------------------
     def forward(self, x, train: bool = False):
-        """Apply each layer in order; ``train`` is passed to every layer."""
-        for name, layer in self.named_children():
-            try:
-                x = layer.forward(x, train=train)
-            except ShapeError as err:
-                relocate(err, name)
-        return x
+        """Apply each layer in order; ``train`` is passed to every layer.
 
-    def backward(self, dout):
-        """Backpropagate through the layers in reverse; returns dx and fills every layer's grads."""
-        for name, layer in reversed(self.named_children()):
-            try:
-                dout = layer.backward(dout)
-            except ShapeError as err:
-                relocate(err, name)
-        return dout
+        With several threads (``convnp.set_num_threads``) runs of layers that treat examples
+        independently go through ``convnp.engine`` on shards of the batch; same results.
+        """
+        self._cache = None
+        if worth_sharding(x):
+            steps = plan(self.named_children(), train)
+            if steps is not None:
+                x, self._cache = forward_steps(steps, x, train)
+                return x
+        return forward_chain(self.named_children(), x, train)
+
+    #: ``backward(dout, input_grad=False)`` skips the gradient of the input (see below)
+    accepts_input_grad = True
+
+    def backward(self, dout, input_grad: bool = True):
+        """Backpropagate through the layers in reverse; returns dx and fills every layer's grads.
+
+        ``input_grad=False`` (a training step, whose input needs no gradient, like a PyTorch
+        input without ``requires_grad``): layers before the first one with parameters are
+        skipped, that one computes only its parameter gradients, and None is returned.
+        """
+        record, self._cache = self._cache, None
+        if record is None:
+            if input_grad:
+                for name, layer in reversed(self.named_children()):
+                    try:
+                        dout = layer.backward(dout)
+                    except ShapeError as err:
+                        relocate(err, name)
+                return dout
+            record = [("serial", self.named_children())]
+        return backward_steps(record, dout, input_grad)
 
     def output_shape(self, input_shape=None) -> tuple:
         """Chain each layer's output_shape; a ShapeError names the failing layer's path."""

@@ -8,18 +8,33 @@ follow PyTorch: ReLU passes no gradient at exactly 0, LeakyReLU passes
 
 from __future__ import annotations
 
+import numpy as np
+
+from . import kernels
 from .backend import array_module
 
 
 def relu_forward(x):
     """max(0, x); the cache is the mask of positive outputs."""
     xp = array_module(x)
+    if xp is np and kernels.enabled() and kernels.compiled_dtype(x):
+        flat = kernels.flat_view(x)
+        if flat is not None:  # one pass: output and mask together, same memory layout as x
+            out, mask = np.empty_like(x), np.empty_like(x, dtype=bool)
+            kernels.relu_forward_flat(flat, kernels.flat_view(out), kernels.flat_view(mask))
+            return out, mask
     out = xp.maximum(x, 0).astype(x.dtype, copy=False)
     # ~(out <= 0) rather than out > 0: like PyTorch's threshold_backward, a NaN output lets dout through.
     return out, ~(out <= 0)
 
 
 def relu_backward(dout, cache):
+    if kernels.enabled() and array_module(dout) is np and kernels.compiled_dtype(dout):
+        d, m = kernels.flat_pair(dout, cache)
+        if d is not None:
+            dx = np.empty_like(dout)
+            kernels.relu_backward_flat(d, m, kernels.flat_view(dx))
+            return dx
     return dout * cache
 
 

@@ -14,37 +14,64 @@ The batch is processed in chunks of a few images, so the im2col matrix of a chun
 Backward recomputes those chunks instead of storing the whole im2col matrix. For stride 1 the
 input gradient is the convolution of the (padded) ``dout`` with the flipped filters, again one
 im2col + matrix multiply per chunk; for larger strides it is ``dout @ W`` scattered back with
-``col2im``. The numbers behind these choices are in ``bench/conv_layer.py`` and the README.
+``col2im``, and for very few input channels (a network's RGB input) that scatter is done in
+(C, N, H, W) planes. With NumPy arrays a big batch is split over ``convnp.threads``' workers,
+each multiplying with single-threaded BLAS, so the im2col copies run in parallel too.
+The numbers behind these choices are in ``bench/conv_layer.py`` and the README.
 """
 
 from __future__ import annotations
 
-from ..errors import ShapeError
-from .backend import array_module
-from .im2col import col2im_nhwc, output_hw, padded_hw, pair, windows_nhwc
+import itertools
 
-#: Target size in bytes of one chunk's im2col matrix. Measured on 2 EPYC cores (1 MiB L2 each,
-#: 32 MiB L3): 1-4 MiB are equally fast, 16 MiB is 40% slower, the whole batch at once 1.8x slower.
+import numpy as np
+
+from ..errors import ShapeError
+from ..threads import get_num_threads, in_parallel_region, parallel_map
+from .backend import array_module
+from .im2col import col2im_cnhw, col2im_nhwc, output_hw, padded_hw, pair, windows_nhwc
+
+#: Target size in bytes of the im2col matrices being worked on at once (all threads together).
+#: Measured on 2 EPYC cores (1 MiB L2 each, 32 MiB L3): 1-4 MiB are equally fast, 16 MiB is
+#: 40% slower, the whole batch at once 1.8x slower.
 CHUNK_BYTES = 4 << 20
 
-DX_METHODS = ("auto", "flip", "col2im")
+#: Below this many bytes of im2col matrix for the whole batch, the batch is not split over threads.
+MIN_PARALLEL_BYTES = 8 << 20
+
+DX_METHODS = ("auto", "flip", "col2im", "col2im_cnhw")
+
+#: "auto" finds dx with "col2im_cnhw" below this many input channels. Measured backward at batch
+#: 128, 32x32, K=32: C=3 24 ms vs 30 ms by "flip"; C=8 equal; C=16 62 ms vs 47 ms.
+SMALL_CHANNELS = 8
 
 
-def _chunk_images(n: int, bytes_per_image: int) -> int:
-    """Images per chunk so one chunk's im2col matrix is about ``CHUNK_BYTES``."""
-    return max(1, min(n, CHUNK_BYTES // max(1, bytes_per_image)))
+def _workers(xp, n: int, total_bytes: int) -> int:
+    """Threads to split a batch of ``n`` images over (``convnp.threads``); 1 = the calling thread."""
+    if xp is not np or n < 2 or total_bytes < MIN_PARALLEL_BYTES or in_parallel_region():
+        return 1
+    return max(1, min(get_num_threads(), n))
 
 
-def chunk_images(n, c, k, in_hw, out_hw, kernel, itemsize, flip=False) -> int:
-    """Images per chunk of forward (``flip=False``) or of a backward finding dx by "flip".
+def _split(fn, n: int, workers: int) -> list:
+    """[fn(n0, n1) for ``workers`` contiguous batch ranges], run side by side, BLAS single-threaded."""
+    if workers == 1:
+        return [fn(0, n)]
+    ranges = list(itertools.pairwise([n * i // workers for i in range(workers + 1)]))
+    return parallel_map(lambda i, _worker: fn(*ranges[i]), workers)
 
-    Sized so the biggest im2col matrix of a chunk is about ``CHUNK_BYTES``: the windows of x,
-    (OH*OW, KH*KW*C) per image, and for "flip" also those of the padded dout, (H*W, KH*KW*K).
+
+def chunk_images(n, c, k, in_hw, out_hw, kernel, itemsize, flip=False, workers=1) -> int:
+    """Images per chunk, for one of ``workers`` threads that handles ``n`` images.
+
+    Sized so the biggest im2col matrices of all workers' chunks together are about
+    ``CHUNK_BYTES``: the windows of x, (OH*OW, KH*KW*C) per image, and when backward finds dx
+    by "flip" also those of the padded dout, (H*W, KH*KW*K).
     """
     per_image = out_hw[0] * out_hw[1] * kernel[0] * kernel[1] * c
     if flip:
         per_image = max(per_image, in_hw[0] * in_hw[1] * kernel[0] * kernel[1] * k)
-    return _chunk_images(n, per_image * itemsize)
+    return max(1, min(n, CHUNK_BYTES // (per_image * itemsize * workers)))
 
 
 def _place(dst, src, top: int, left: int):
@@ -106,27 +133,38 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, rounding="exac
     wm = w.transpose(2, 3, 1, 0).reshape(kh * kw * c, k).astype(dtype, copy=False)  # rows (u, v, c)
     hp, wp = padded_hw((h, wd), (oh, ow), (kh, kw), stride, padding, dilation)
 
-    nb = chunk_images(n, c, k, (h, wd), (oh, ow), (kh, kw), dtype.itemsize)
-    xbuf = None if (hp, wp) == (h, wd) else xp.zeros((nb, hp, wp, c), dtype)
-    cbuf = xp.empty((nb, oh, ow, kh, kw, c), dtype)
+    bias = None if b is None else b.astype(dtype, copy=False)
     out = xp.empty((n, oh, ow, k), dtype)
-    for n0 in range(0, n, nb):
-        xc = _framed(xh[n0:n0 + nb], xbuf, padding[0], padding[1])
-        cols = _im2col_matrix(windows_nhwc(xc, (kh, kw), stride, dilation, (oh, ow)), cbuf)
-        oc = out[n0:n0 + nb].reshape(-1, k)
-        xp.matmul(cols, wm, out=oc)
-        if b is not None:
-            oc += b.astype(dtype, copy=False)
+    workers = _workers(xp, n, n * oh * ow * kh * kw * c * dtype.itemsize)
+
+    def run(start, stop):  # images start:stop, chunk by chunk, with this thread's own buffers
+        nb = chunk_images(stop - start, c, k, (h, wd), (oh, ow), (kh, kw), dtype.itemsize, False, workers)
+        xbuf = None if (hp, wp) == (h, wd) else xp.zeros((nb, hp, wp, c), dtype)
+        cbuf = xp.empty((nb, oh, ow, kh, kw, c), dtype)
+        for n0 in range(start, stop, nb):
+            n1 = min(n0 + nb, stop)
+            xc = _framed(xh[n0:n1], xbuf, padding[0], padding[1])
+            cols = _im2col_matrix(windows_nhwc(xc, (kh, kw), stride, dilation, (oh, ow)), cbuf)
+            oc = out[n0:n1].reshape(-1, k)
+            xp.matmul(cols, wm, out=oc)
+            if bias is not None:
+                oc += bias
+
+    _split(run, n, workers)
     cache = (xh, x.dtype, w, b is not None, stride, padding, dilation, (oh, ow), (hp, wp))
     return out.transpose(0, 3, 1, 2), cache
 
 
-def conv2d_backward(dout, cache, dx_method: str = "auto"):
+def conv2d_backward(dout, cache, dx_method: str = "auto", input_grad: bool = True):
     """Gradients of ``conv2d_forward``: dout (N, K, OH, OW) -> (dx, dw, db); db is None without bias.
 
+    ``input_grad=False`` skips dx (returned as None): a network's first layer needs none.
+
     dw = im2col(x)^T @ dout and db = sum(dout) per channel. ``dx_method`` picks how dx is found:
-    "flip" convolves the padded dout with the flipped filters (stride 1 only), "col2im" scatters
-    dout @ W back onto the input; "auto" is "flip" for stride 1 and "col2im" otherwise.
+    "flip" convolves the padded dout with the flipped filters (stride 1 only); "col2im" scatters
+    dout @ W back onto the input, channels-last; "col2im_cnhw" does it in (C, N, H, W) planes.
+    "auto": "col2im_cnhw" below ``SMALL_CHANNELS`` input channels, else "flip" for stride 1 and
+    "col2im" otherwise.
     """
     xh, x_dtype, w, has_bias, stride, padding, dilation, (oh, ow), (hp, wp) = cache
     if dx_method not in DX_METHODS:
@@ -135,51 +173,76 @@ def conv2d_backward(dout, cache, dx_method: str = "auto"):
     n, h, wd, c = xh.shape
     k, _, kh, kw = w.shape
     dtype = xh.dtype
-    flip = dx_method == "flip" or (dx_method == "auto" and stride == (1, 1))
-    if flip and stride != (1, 1):
+    if dx_method == "auto":
+        dx_method = ("col2im_cnhw" if c < SMALL_CHANNELS else "flip" if stride == (1, 1) else "col2im")
+    if dx_method == "flip" and stride != (1, 1):
         raise ValueError("dx_method='flip' needs stride 1")
+    flip = input_grad and dx_method == "flip"
+    planes = input_grad and dx_method == "col2im_cnhw"
 
     dh = dout.transpose(0, 2, 3, 1).astype(dtype, copy=False)       # (N, OH, OW, K)
     wm = w.transpose(2, 3, 1, 0).reshape(kh * kw * c, k).astype(dtype, copy=False)
-    dwm = xp.zeros((kh * kw * c, k), dtype)
-    db = xp.zeros(k, dtype) if has_bias else None
-    dx = xp.empty((n, h, wd, c), dtype)
-
-    nb = chunk_images(n, c, k, (h, wd), (oh, ow), (kh, kw), dtype.itemsize, flip)
-    xbuf = None if (hp, wp) == (h, wd) else xp.zeros((nb, hp, wp, c), dtype)
-    cbuf = xp.empty((nb, oh, ow, kh, kw, c), dtype)
+    dx = xp.empty((c, n, h, wd) if planes else (n, h, wd, c), dtype) if input_grad else None
     if flip:
         # dx[i] = sum_u dpad[i + u*DH] * w[KH-1-u] with dpad = dout shifted down by span-1-PH.
         span = (dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1)
         shift = (span[0] - 1 - padding[0], span[1] - 1 - padding[1])
         dshape = (h + span[0] - 1, wd + span[1] - 1)
-        dbuf = None if shift == (0, 0) and dshape == (oh, ow) else xp.zeros((nb, *dshape, k), dtype)
-        dcbuf = xp.empty((nb, h, wd, kh, kw, k), dtype)
         wflip = w[:, :, ::-1, ::-1].transpose(2, 3, 0, 1).reshape(kh * kw * k, c).astype(dtype)
-    else:
-        dxbuf = xp.empty((nb, hp, wp, c), dtype)
 
-    for n0 in range(0, n, nb):
-        dc = dh[n0:n0 + nb]
-        m = dc.shape[0]
-        dmat = xp.ascontiguousarray(dc).reshape(-1, k)
-        if has_bias:
-            db += dmat.sum(axis=0)
-        xc = _framed(xh[n0:n0 + nb], xbuf, padding[0], padding[1])
-        cols = _im2col_matrix(windows_nhwc(xc, (kh, kw), stride, dilation, (oh, ow)), cbuf)
-        dwm += cols.T @ dmat
+    per_image = max(oh * ow * kh * kw * c, h * wd * kh * kw * k if flip else 0) * dtype.itemsize
+    workers = _workers(xp, n, n * per_image)
+
+    def run(start, stop):  # images start:stop -> this range's share of dw and db; fills dx
+        nb = chunk_images(stop - start, c, k, (h, wd), (oh, ow), (kh, kw), dtype.itemsize, flip, workers)
+        xbuf = None if (hp, wp) == (h, wd) else xp.zeros((nb, hp, wp, c), dtype)
+        cbuf = xp.empty((nb, oh, ow, kh, kw, c), dtype)
         if flip:
-            dpad = _framed(dc, dbuf, shift[0], shift[1])
-            dcols = _im2col_matrix(windows_nhwc(dpad, (kh, kw), (1, 1), dilation, (h, wd)), dcbuf)
-            xp.matmul(dcols, wflip, out=dx[n0:n0 + m].reshape(-1, c))
-        else:
-            dcols = (dmat @ wm.T).reshape(m, oh, ow, kh, kw, c)
-            dxp = dxbuf[:m]
-            dxp[...] = 0
-            col2im_nhwc(dcols, dxp, (kh, kw), stride, dilation)
-            dx[n0:n0 + m] = dxp[:, padding[0]:padding[0] + h, padding[1]:padding[1] + wd, :]
+            dbuf = None if shift == (0, 0) and dshape == (oh, ow) else xp.zeros((nb, *dshape, k), dtype)
+            dcbuf = xp.empty((nb, h, wd, kh, kw, k), dtype)
+        elif input_grad:
+            dxbuf = xp.empty((c, nb, hp, wp) if planes else (nb, hp, wp, c), dtype)
+        dwm = xp.zeros((kh * kw * c, k), dtype)
+        db = xp.zeros(k, dtype) if has_bias else None
+        for n0 in range(start, stop, nb):
+            n1 = min(n0 + nb, stop)
+            dc = dh[n0:n1]
+            dmat = xp.ascontiguousarray(dc).reshape(-1, k)
+            if has_bias:
+                db += dmat.sum(axis=0)
+            xc = _framed(xh[n0:n1], xbuf, padding[0], padding[1])
+            cols = _im2col_matrix(windows_nhwc(xc, (kh, kw), stride, dilation, (oh, ow)), cbuf)
+            dwm += cols.T @ dmat
+            if not input_grad:
+                continue
+            if flip:
+                dpad = _framed(dc, dbuf, shift[0], shift[1])
+                dcols = _im2col_matrix(windows_nhwc(dpad, (kh, kw), (1, 1), dilation, (h, wd)), dcbuf)
+                xp.matmul(dcols, wflip, out=dx[n0:n1].reshape(-1, c))
+            elif planes:
+                dcols = (wm @ dmat.T).reshape(kh, kw, c, n1 - n0, oh, ow)
+                dxp = dxbuf[:, :n1 - n0]
+                dxp[...] = 0
+                col2im_cnhw(dcols, dxp, (kh, kw), stride, dilation)
+                dx[:, n0:n1] = dxp[:, :, padding[0]:padding[0] + h, padding[1]:padding[1] + wd]
+            else:
+                dcols = (dmat @ wm.T).reshape(n1 - n0, oh, ow, kh, kw, c)
+                dxp = dxbuf[:n1 - n0]
+                dxp[...] = 0
+                col2im_nhwc(dcols, dxp, (kh, kw), stride, dilation)
+                dx[n0:n1] = dxp[:, padding[0]:padding[0] + h, padding[1]:padding[1] + wd, :]
+        return dwm, db
+
+    parts = _split(run, n, workers)
+    dwm, db = parts[0]
+    for part_dwm, part_db in parts[1:]:
+        dwm += part_dwm
+        if has_bias:
+            db += part_db
 
     dw = xp.ascontiguousarray(dwm.reshape(kh, kw, c, k).transpose(3, 2, 0, 1)).astype(w.dtype, copy=False)
     if has_bias:
         db = db.astype(w.dtype, copy=False)
-    return dx.transpose(0, 3, 1, 2).astype(x_dtype, copy=False), dw, db
+    if input_grad:
+        dx = (dx.transpose(1, 0, 2, 3) if planes else dx.transpose(0, 3, 1, 2)).astype(x_dtype, copy=False)
+    return dx, dw, db

@@ -182,3 +182,19 @@ def col2im_nhwc(dcols, dxpad, kernel, stride, dilation):
             c0 = j * dilation[1]
             dxpad[:, r0:r0 + sh * (oh - 1) + 1:sh, c0:c0 + sw * (ow - 1) + 1:sw, :] += dcols[:, :, :, i, j, :]
     return dxpad
+
+
+def col2im_cnhw(dcols, dxpad, kernel, stride, dilation):
+    """Scatter-add window gradients (KH, KW, C, N, OH, OW) into the padded (C, N, HP, WP) ``dxpad``.
+
+    The same adjoint as ``col2im_nhwc`` with every tap's gradient stored as C*N whole planes, so
+    each slice-add runs along image rows: the fast layout when C is small (a network's input).
+    """
+    oh, ow = dcols.shape[-2:]
+    sh, sw = stride
+    for i in range(kernel[0]):
+        r0 = i * dilation[0]
+        for j in range(kernel[1]):
+            c0 = j * dilation[1]
+            dxpad[:, :, r0:r0 + sh * (oh - 1) + 1:sh, c0:c0 + sw * (ow - 1) + 1:sw] += dcols[i, j]
+    return dxpad

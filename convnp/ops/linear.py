@@ -18,10 +18,10 @@ def linear_forward(x, weight, bias=None):
     return out, (x, weight, bias is not None)
 
 
-def linear_backward(dout, cache):
-    """Returns (dx, dweight, dbias); dbias is None when forward had no bias."""
+def linear_backward(dout, cache, input_grad: bool = True):
+    """Returns (dx, dweight, dbias); dbias is None when forward had no bias, dx None without input_grad."""
     x, weight, has_bias = cache
-    dx = dout @ weight
+    dx = dout @ weight if input_grad else None
     dweight = dout.T @ x
     dbias = dout.sum(axis=0) if has_bias else None
     return dx, dweight, dbias

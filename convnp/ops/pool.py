@@ -14,8 +14,9 @@ import math
 
 import numpy as np
 
+from . import kernels
 from .backend import array_module
-from .im2col import col2im, im2col
+from .im2col import _extra_padding, col2im, im2col
 
 
 def _index_dtype(taps: int):
@@ -23,47 +24,169 @@ def _index_dtype(taps: int):
 
 
 # --- max pooling ----------------------------------------------------------------------------------
+def channels_last(x) -> bool:
+    """True when NCHW ``x`` is a view of NHWC memory (what convnp's Conv2d returns)."""
+    return (x.ndim == 4 and not x.flags.c_contiguous and x.shape[1] > 1
+            and x.transpose(0, 2, 3, 1).flags.c_contiguous)
+
+
+def _work(x, last: bool):
+    """``x`` as the array the kernels loop over: NHWC (spatial axes 1, 2) or NCHW (axes 2, 3)."""
+    return x.transpose(0, 2, 3, 1) if last else x
+
+
+def _from_work(a, last: bool):
+    return a.transpose(0, 3, 1, 2) if last else a
+
+
+def _padded_work(a, last, padding, extra, value):
+    """The working array with ``padding`` (+ ``extra`` at the end) of ``value`` around its spatial axes."""
+    (ph, pw), (eh, ew) = padding, extra
+    if ph == pw == eh == ew == 0:
+        return a
+    xp = array_module(a)
+    if last:
+        n, h, w, c = a.shape
+        out = xp.full((n, h + 2 * ph + eh, w + 2 * pw + ew, c), value, dtype=a.dtype)
+        out[:, ph:ph + h, pw:pw + w, :] = a
+    else:
+        n, c, h, w = a.shape
+        out = xp.full((n, c, h + 2 * ph + eh, w + 2 * pw + ew), value, dtype=a.dtype)
+        out[:, :, ph:ph + h, pw:pw + w] = a
+    return out
+
+
+def _tap(a, last, i, j, stride, dilation, out_hw):
+    """The (N, OH, OW, C) / (N, C, OH, OW) view of tap (i, j) of every window of the padded ``a``."""
+    r0, c0 = i * dilation[0], j * dilation[1]
+    rows = slice(r0, r0 + stride[0] * (out_hw[0] - 1) + 1, stride[0])
+    cols = slice(c0, c0 + stride[1] * (out_hw[1] - 1) + 1, stride[1])
+    return a[:, rows, cols, :] if last else a[:, :, rows, cols]
+
+
+def _geometry_extra(x_shape, kernel_size, stride, padding, dilation, out_hw):
+    return tuple(_extra_padding(size, o, k, s, p, d) for size, o, k, s, p, d in
+                 zip(x_shape[2:], out_hw, kernel_size, stride, padding, dilation))
+
+
 def maxpool2d_forward(x, kernel_size, stride, padding, dilation, out_hw):
     """Max over each window; x (N, C, H, W) -> (N, C, OH, OW). Padding is -inf.
 
     The cache keeps the "switches": the flat tap index (row-major over KH x KW) of the
     maximum of each window. Ties go to the first maximum in that order, like PyTorch.
     A NaN in a window makes its output NaN and takes the switch (the first NaN).
+    An input that is channels-last in memory gives a channels-last output (no transposes).
     """
     xp = array_module(x)
     kh, kw = kernel_size
-    cols = im2col(x, kernel_size, stride, padding, dilation, out_hw, pad_value=-np.inf)
-    taps = [cols[..., i, j] for i in range(kh) for j in range(kw)]
-    out = taps[0].copy()
-    for tap in taps[1:]:
-        xp.maximum(out, tap, out=out)  # propagates NaN
-    # Switches: the first tap equal to the max (an elementwise pass per tap, no fancy indexing).
+    last = channels_last(x)
+    extra = _geometry_extra(x.shape, kernel_size, stride, padding, dilation, out_hw)
+    if xp is np and kernels.enabled() and kernels.compiled_dtype(x) and (last or x.flags.c_contiguous):
+        return _maxpool_compiled(x, kernel_size, stride, padding, dilation, out_hw, last, extra)
+    a = _padded_work(_work(x, last), last, padding, extra, -np.inf)
+    taps = [_tap(a, last, i, j, stride, dilation, out_hw) for i in range(kh) for j in range(kw)]
     itype = np.dtype(_index_dtype(kh * kw)).type
+    out = xp.empty(taps[0].shape, dtype=x.dtype)
+    out[...] = taps[0]
+    switches = xp.zeros(out.shape, dtype=itype)
+    better = xp.empty(out.shape, dtype=bool)
+    step = xp.empty(out.shape, dtype=itype)
+    for t, tap in enumerate(taps[1:], 1):
+        xp.greater(tap, out, out=better)  # strictly: ties keep the earlier tap
+        xp.maximum(out, tap, out=out)     # propagates NaN
+        # switches = t where this tap is better: t exceeds every earlier index, so a max does it
+        xp.multiply(better, itype(t), out=step)
+        xp.maximum(switches, step, out=switches)
+    if bool(xp.isnan(out).any()):  # rare: the first NaN of a window must take its switch
+        switches = _nan_switches(taps, out, itype)
+    cache = (switches, x.shape, kernel_size, stride, padding, dilation, last, extra)
+    return _from_work(out, last), cache
+
+
+def _as_nhwc(x, last: bool):
+    """An NHWC array over x's memory: x itself channels-last, or (N*C, H, W, 1) for NCHW (per channel)."""
+    if last:
+        return x.transpose(0, 2, 3, 1)
+    n, c, h, w = x.shape
+    return x.reshape(n * c, h, w, 1)
+
+
+def _maxpool_compiled(x, kernel_size, stride, padding, dilation, out_hw, last, extra):
+    """One pass per output with the numba kernel (same results as the NumPy path below it)."""
+    kh, kw = kernel_size
+    n, c = x.shape[:2]
+    a = _as_nhwc(x, last)
+    itype = _index_dtype(kh * kw)
+    out = np.empty((a.shape[0], *out_hw, a.shape[3]), dtype=x.dtype)
+    switches = np.empty(out.shape, dtype=itype)
+    kernels.maxpool_nhwc_forward(a, out, switches, kh, kw, stride[0], stride[1], padding[0], padding[1],
+                                 dilation[0], dilation[1])
+    cache = (switches, x.shape, kernel_size, stride, padding, dilation, last, "compiled")
+    out = out.transpose(0, 3, 1, 2) if last else out.reshape(n, c, *out_hw)
+    return out, cache
+
+
+def _maxpool_compiled_backward(dout, cache):
+    switches, x_shape, kernel_size, stride, padding, dilation, last, _ = cache
+    n, c, h, w = x_shape
+    d = _as_nhwc(dout, last) if (last and channels_last(dout)) or (not last and dout.flags.c_contiguous) else None
+    if d is None:  # dout in another layout than the forward's output: make it match
+        d = np.ascontiguousarray(dout.transpose(0, 2, 3, 1)) if last else \
+            np.ascontiguousarray(dout).reshape(n * c, *dout.shape[2:], 1)
+    dx = np.zeros((n, h, w, c) if last else (n * c, h, w, 1), dtype=dout.dtype)
+    kernels.maxpool_nhwc_backward(d, switches, dx, kernel_size[0], kernel_size[1], stride[0], stride[1],
+                                  padding[0], padding[1], dilation[0], dilation[1])
+    return dx.transpose(0, 3, 1, 2) if last else dx.reshape(n, c, h, w)
+
+
+def _nan_switches(taps, out, itype):
+    """Switches by the first tap equal to the max, a NaN max matching the first NaN tap."""
+    xp = array_module(out)
     switches = xp.zeros(out.shape, dtype=itype)
     pending = xp.ones(out.shape, dtype=bool)
     hit = xp.empty(out.shape, dtype=bool)
-    out_nan = xp.isnan(out) if bool(xp.isnan(out).any()) else None
+    out_nan = xp.isnan(out)
     for t, tap in enumerate(taps):
         xp.equal(tap, out, out=hit)
-        if out_nan is not None:
-            hit |= out_nan & xp.isnan(tap)
+        hit |= out_nan & xp.isnan(tap)
         hit &= pending
         if t:
             switches += hit * itype(t)
         pending ^= hit
-    return out, (switches, x.shape, kernel_size, stride, padding, dilation)
+    return switches
 
 
 def maxpool2d_backward(dout, cache):
     """Route each output gradient to the input position its switch recorded; returns dx."""
-    switches, x_shape, kernel_size, stride, padding, dilation = cache
+    if cache[-1] == "compiled":
+        return _maxpool_compiled_backward(dout, cache)
+    switches, x_shape, kernel_size, stride, padding, dilation, last, extra = cache
     xp = array_module(dout)
     kh, kw = kernel_size
-    # Taps first, so every tap's gradient is one contiguous block; col2im takes the view.
-    dcols = xp.empty((kh, kw) + dout.shape, dtype=dout.dtype)
+    d = _work(dout, last)
+    n, c, h, w = x_shape
+    hp, wp = h + 2 * padding[0] + extra[0], w + 2 * padding[1] + extra[1]
+    shape = (n, hp, wp, c) if last else (n, c, hp, wp)
+    # Windows that do not overlap write each input position at most once: assign, don't add;
+    # when they also tile the (padded) input, every position is written and nothing needs zeroing.
+    disjoint = all(s >= dil * (k - 1) + 1 for s, k, dil in zip(stride, kernel_size, dilation))
+    out_hw = switches.shape[1:3] if last else switches.shape[2:4]
+    tiled = disjoint and dilation == (1, 1) and tuple(stride) == tuple(kernel_size) and \
+        (hp, wp) == (out_hw[0] * stride[0], out_hw[1] * stride[1])
+    dx = (xp.empty if tiled else xp.zeros)(shape, dtype=dout.dtype)
+    hit = xp.empty(switches.shape, dtype=bool)
     for t in range(kh * kw):
-        xp.multiply(dout, switches == t, out=dcols[t // kw, t % kw])
-    return col2im(dcols.transpose(2, 3, 4, 5, 0, 1), x_shape, kernel_size, stride, padding, dilation)
+        target = _tap(dx, last, t // kw, t % kw, stride, dilation, out_hw)
+        xp.equal(switches, t, out=hit)
+        if disjoint:
+            xp.multiply(d, hit, out=target)
+        else:
+            target += d * hit
+    if (hp, wp) != (h, w):
+        dx = dx[:, padding[0]:padding[0] + h, padding[1]:padding[1] + w, :] if last else \
+            dx[:, :, padding[0]:padding[0] + h, padding[1]:padding[1] + w]
+        dx = xp.ascontiguousarray(dx)
+    return _from_work(dx, last)
 
 
 # --- average pooling ------------------------------------------------------------------------------
