@@ -410,6 +410,18 @@ def test_maxpool_nan_takes_the_switch(layout, kernel_mode):
     assert dx[1, 2, 0, 1] == 1 and dx[1, 2, :2, :2].sum() == 1  # the first NaN in tap order
 
 
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_maxpool_window_of_padding_only(layout, kernel_mode):
+    """Taps at columns -1 and +1 of a 1-wide input: only padding, so -inf and no gradient."""
+    x = np.full((1, 2, 1, 1), -0.5, np.float32)
+    if layout == "channels_last":
+        x = channels_last(x)
+    layer = MaxPool2d((1, 2), stride=1, padding=(0, 1), dilation=(1, 2))
+    out = layer.forward(x)
+    assert out.shape == (1, 2, 1, 1) and np.all(out == -np.inf)
+    assert np.all(layer.backward(np.ones(out.shape, np.float32)) == 0)
+
+
 def test_maxpool_channels_last_gradcheck(kernel_mode):
     x = channels_last(np.random.default_rng(0).standard_normal((2, 3, 6, 6)))
     check_layer_gradients(MaxPool2d(3, 2, 1, rounding="floor"), x)
@@ -499,6 +511,58 @@ def test_winograd_equals_torch(shape, padding, tiles, dtype, n_threads, monkeypa
     none, dw2, db2 = wino.conv3x3_backward(dh, xh, wt, pad, out_hw, has_bias=False, input_grad=False)
     assert none is None and db2 is None
     np.testing.assert_allclose(dw2, dw, **tol)
+
+
+@pytest.mark.parametrize("padding", [0, 1, 2])
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_conv_layer_fast_paths_equal_torch(padding, layout, dtype, kernel_mode):
+    """Conv2d -> ReLU in a Sequential (fused), 3x3 with 16+ channels (Winograd with numba), vs PyTorch."""
+    torch = _torch()
+    rng = np.random.default_rng(padding)
+    x = rng.standard_normal((3, 16, 7, 6)).astype(dtype)
+    if layout == "channels_last":
+        x = channels_last(x)
+    net = Sequential(Conv2d(16, 17, 3, padding=padding, rng=0, dtype=dtype), ReLU())
+    net[0].params["bias"][:] = rng.standard_normal(17)
+    tnet = to_torch(net)
+    tx = torch.from_numpy(np.ascontiguousarray(x)).requires_grad_()
+    tout = tnet(tx)
+    dout = rng.standard_normal(tuple(tout.shape)).astype(dtype)
+    tout.backward(torch.from_numpy(dout))
+    out = net.forward(x, train=True)
+    assert net[1]._cache is not None  # the ReLU got its mask from the fused forward
+    dx = net.backward(dout)
+    tol = dict(rtol=1e-4, atol=1e-5) if dtype == "float32" else dict(rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(out, tout.detach().numpy(), **tol)
+    np.testing.assert_allclose(dx, tx.grad.numpy(), **tol)
+    for k, p in tnet.named_parameters():
+        np.testing.assert_allclose(net.named_grads()[k], p.grad.numpy(), err_msg=k, **tol)
+    # the op with an explicit dx_method differentiates a Winograd forward by im2col
+    from convnp.ops.conv import conv2d_backward, conv2d_forward
+
+    conv = net[0]
+    _, cache = conv2d_forward(x, conv.params["weight"], conv.params["bias"], 1, padding)
+    assert (cache[-1] is not None) == (kernel_mode == "numba")  # Winograd ran exactly when compiled
+    d_conv = tnet[0](torch.from_numpy(np.ascontiguousarray(x)))
+    for method in ("auto", "flip", "col2im"):
+        gdx, gdw, gdb = conv2d_backward(np.ones(tuple(d_conv.shape), dtype), cache, dx_method=method)
+        tx2 = torch.from_numpy(np.ascontiguousarray(x)).requires_grad_()
+        tnet[0].zero_grad()
+        tnet[0](tx2).sum().backward()
+        np.testing.assert_allclose(gdx, tx2.grad.numpy(), **tol)
+        np.testing.assert_allclose(gdw, tnet[0].weight.grad.numpy(), **tol)
+        np.testing.assert_allclose(gdb, tnet[0].bias.grad.numpy(), **tol)
+
+
+def test_conv_fused_relu_nan_and_ties(kernel_mode):
+    x = np.zeros((2, 16, 4, 4), np.float32)
+    x[0, 0, 1, 1] = np.nan
+    net = Sequential(Conv2d(16, 16, 3, padding=1, rng=0), ReLU())
+    out = net.forward(x, train=True)
+    assert np.isnan(out[0]).any() and np.all(out[1] == 0)  # NaN spreads; exact zeros stay 0 (the bias is 0)
+    dx = net.backward(np.ones(out.shape, np.float32))
+    assert np.all(dx[1] == 0)  # no gradient through ReLU at exactly 0
 
 
 @needs_numba

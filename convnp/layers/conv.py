@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError
-from ..ops.conv import conv2d_backward, conv2d_forward
+from ..ops.conv import conv2d_backward, conv2d_forward, conv2d_relu_forward
 from ..ops.im2col import ROUNDING_MODES, output_hw, pair
 from .base import Layer, check_dtype, he_normal, make_rng
 
@@ -63,6 +63,15 @@ class Conv2d(Layer):
                                     self.padding, self.dilation, self.rounding, layer=repr(self))
         self._cache, self._out_shape = cache, out.shape
         return out
+
+    def forward_relu(self, x, train: bool = False):
+        """This layer followed by a ReLU, fused (``convnp.engine.forward_chain`` calls it for
+        Conv2d -> ReLU in a Sequential): returns (out, mask); the ReLU layer keeps the mask."""
+        self._check_input(x, 4, self.in_channels)
+        out, cache, mask = conv2d_relu_forward(x, self.params["weight"], self.params.get("bias"), self.stride,
+                                               self.padding, self.dilation, self.rounding, layer=repr(self))
+        self._cache, self._out_shape = cache, out.shape
+        return out, mask
 
     #: ``backward(dout, input_grad=False)`` fills the grads and skips dx (returns None)
     accepts_input_grad = True

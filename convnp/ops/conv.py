@@ -17,6 +17,11 @@ im2col + matrix multiply per chunk; for larger strides it is ``dout @ W`` scatte
 ``col2im``, and for very few input channels (a network's RGB input) that scatter is done in
 (C, N, H, W) planes. With NumPy arrays a big batch is split over ``convnp.threads``' workers,
 each multiplying with single-threaded BLAS, so the im2col copies run in parallel too.
+
+With the compiled kernels (numba, ``convnp.ops.kernels``) a 3x3 stride-1 convolution with at
+least 16 input and output channels runs as Winograd F(2x2, 3x3) instead
+(``convnp.ops.kernels_winograd``): 2.25x fewer multiplies, forward and backward.
+``conv2d_relu_forward`` applies a following ReLU to each chunk of output while it is in cache.
 The numbers behind these choices are in ``bench/conv_layer.py`` and the README.
 """
 
@@ -28,6 +33,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..threads import get_num_threads, in_parallel_region, parallel_map
+from . import kernels, kernels_winograd
 from .backend import array_module
 from .im2col import col2im_cnhw, col2im_nhwc, output_hw, padded_hw, pair, windows_nhwc
 
@@ -51,6 +57,12 @@ def _workers(xp, n: int, total_bytes: int) -> int:
     if xp is not np or n < 2 or total_bytes < MIN_PARALLEL_BYTES or in_parallel_region():
         return 1
     return max(1, min(get_num_threads(), n))
+
+
+def _share(workers: int) -> int:
+    """Threads whose chunks are in memory at once: this call's workers, or, inside a parallel region
+    (``convnp.engine``'s shards), every worker thread, each running its own shard."""
+    return get_num_threads() if in_parallel_region() else workers
 
 
 def _split(fn, n: int, workers: int) -> list:
@@ -123,22 +135,44 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, rounding="exac
     x (N, C, H, W), w (K, C, KH, KW), b (K,) or None -> (out (N, K, OH, OW), cache).
     The cache holds views of ``x`` and ``w``, not copies: change neither before the backward.
     """
+    out, cache, _ = _forward(x, w, b, stride, padding, dilation, rounding, layer, relu=False)
+    return out, cache
+
+
+def conv2d_relu_forward(x, w, b=None, stride=1, padding=0, dilation=1, rounding="exact", *, layer="conv2d"):
+    """``conv2d_forward`` followed by max(0, .), applied to each chunk of output while it is in cache.
+
+    Returns (out, cache, mask): ``mask`` is ``~(out <= 0)`` (a NaN passes, like PyTorch's
+    threshold_backward), the cache of a ReLU that ran on its own; ``cache`` is for
+    ``conv2d_backward``, which then takes the gradient after the ReLU's backward.
+    """
+    return _forward(x, w, b, stride, padding, dilation, rounding, layer, relu=True)
+
+
+def _forward(x, w, b, stride, padding, dilation, rounding, layer, relu):
     xp = array_module(x)
     stride, padding, dilation, (oh, ow) = _geometry(x.shape, w.shape, stride, padding, dilation,
                                                     rounding, layer)
     n, c, h, wd = x.shape
     k, _, kh, kw = w.shape
     dtype = xp.result_type(x.dtype, w.dtype)
+    hp, wp = padded_hw((h, wd), (oh, ow), (kh, kw), stride, padding, dilation)
+    if xp is np and kernels.enabled() and kernels_winograd.applies(x.shape, w.shape, stride, dilation, dtype):
+        out, wcache, mask = kernels_winograd.forward(x, w, b, padding, (oh, ow), relu)
+        cache = (wcache.xh, x.dtype, w, b is not None, stride, padding, dilation, (oh, ow), (hp, wp), wcache)
+        return out, cache, mask
     xh = x.transpose(0, 2, 3, 1).astype(dtype, copy=False)          # NHWC view, no copy if x is
     wm = w.transpose(2, 3, 1, 0).reshape(kh * kw * c, k).astype(dtype, copy=False)  # rows (u, v, c)
-    hp, wp = padded_hw((h, wd), (oh, ow), (kh, kw), stride, padding, dilation)
 
     bias = None if b is None else b.astype(dtype, copy=False)
     out = xp.empty((n, oh, ow, k), dtype)
+    mask = xp.empty((n, oh, ow, k), bool) if relu else None
+    compiled = relu and xp is np and kernels.enabled() and kernels.compiled_dtype(out)
     workers = _workers(xp, n, n * oh * ow * kh * kw * c * dtype.itemsize)
 
     def run(start, stop):  # images start:stop, chunk by chunk, with this thread's own buffers
-        nb = chunk_images(stop - start, c, k, (h, wd), (oh, ow), (kh, kw), dtype.itemsize, False, workers)
+        nb = chunk_images(stop - start, c, k, (h, wd), (oh, ow), (kh, kw), dtype.itemsize, False,
+                          _share(workers))
         xbuf = None if (hp, wp) == (h, wd) else xp.zeros((nb, hp, wp, c), dtype)
         cbuf = xp.empty((nb, oh, ow, kh, kw, c), dtype)
         for n0 in range(start, stop, nb):
@@ -147,12 +181,21 @@ def conv2d_forward(x, w, b=None, stride=1, padding=0, dilation=1, rounding="exac
             cols = _im2col_matrix(windows_nhwc(xc, (kh, kw), stride, dilation, (oh, ow)), cbuf)
             oc = out[n0:n1].reshape(-1, k)
             xp.matmul(cols, wm, out=oc)
+            if compiled:  # bias and ReLU in one pass over the chunk
+                kernels.bias_relu(oc, bias if bias is not None else oc[0], mask[n0:n1].reshape(-1, k),
+                                  bias is not None, True)
+                continue
             if bias is not None:
                 oc += bias
+            if relu:
+                mc = mask[n0:n1].reshape(-1, k)
+                xp.less_equal(oc, 0, out=mc)
+                xp.logical_not(mc, out=mc)
+                xp.maximum(oc, 0, out=oc)  # keeps NaN
 
     _split(run, n, workers)
-    cache = (xh, x.dtype, w, b is not None, stride, padding, dilation, (oh, ow), (hp, wp))
-    return out.transpose(0, 3, 1, 2), cache
+    cache = (xh, x.dtype, w, b is not None, stride, padding, dilation, (oh, ow), (hp, wp), None)
+    return out.transpose(0, 3, 1, 2), cache, (mask.transpose(0, 3, 1, 2) if relu else None)
 
 
 def conv2d_backward(dout, cache, dx_method: str = "auto", input_grad: bool = True):
@@ -164,11 +207,14 @@ def conv2d_backward(dout, cache, dx_method: str = "auto", input_grad: bool = Tru
     "flip" convolves the padded dout with the flipped filters (stride 1 only); "col2im" scatters
     dout @ W back onto the input, channels-last; "col2im_cnhw" does it in (C, N, H, W) planes.
     "auto": "col2im_cnhw" below ``SMALL_CHANNELS`` input channels, else "flip" for stride 1 and
-    "col2im" otherwise.
+    "col2im" otherwise. A forward that ran as Winograd (see the module docstring) is
+    differentiated in the Winograd domain too, unless another ``dx_method`` is asked for.
     """
-    xh, x_dtype, w, has_bias, stride, padding, dilation, (oh, ow), (hp, wp) = cache
+    xh, x_dtype, w, has_bias, stride, padding, dilation, (oh, ow), (hp, wp), wcache = cache
     if dx_method not in DX_METHODS:
         raise ValueError(f"dx_method must be one of {DX_METHODS}, got {dx_method!r}")
+    if wcache is not None and dx_method == "auto":
+        return kernels_winograd.backward(dout, wcache, input_grad)
     xp = array_module(dout)
     n, h, wd, c = xh.shape
     k, _, kh, kw = w.shape
@@ -194,7 +240,8 @@ def conv2d_backward(dout, cache, dx_method: str = "auto", input_grad: bool = Tru
     workers = _workers(xp, n, n * per_image)
 
     def run(start, stop):  # images start:stop -> this range's share of dw and db; fills dx
-        nb = chunk_images(stop - start, c, k, (h, wd), (oh, ow), (kh, kw), dtype.itemsize, flip, workers)
+        nb = chunk_images(stop - start, c, k, (h, wd), (oh, ow), (kh, kw), dtype.itemsize, flip,
+                          _share(workers))
         xbuf = None if (hp, wp) == (h, wd) else xp.zeros((nb, hp, wp, c), dtype)
         cbuf = xp.empty((nb, oh, ow, kh, kw, c), dtype)
         if flip:

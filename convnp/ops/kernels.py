@@ -178,6 +178,10 @@ if _numba is not None:
                                             out[n, i, j, k] = val
                                             switches[n, i, j, k] = t
                             t += 1
+                    if first:  # a window of padding only: -inf, like the -inf padding of the NumPy path
+                        for k in range(c):
+                            out[n, i, j, k] = -_np_inf
+                            switches[n, i, j, k] = 0
 
     @_jit
     def maxpool_nhwc_backward(dout, switches, dx, kh, kw, sh, sw, ph, pw, dh, dw):

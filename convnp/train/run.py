@@ -19,7 +19,7 @@ from ..errors import ConfigError
 
 # Per-dataset defaults, chosen by measurement on the 2-core machine (see the README).
 RECIPES = {
-    "mnist": dict(model="lenet5", epochs=3, batch_size=64, optimizer="nesterov", lr=0.05, weight_decay=5e-4,
+    "mnist": dict(model="lenet5", epochs=6, batch_size=64, optimizer="nesterov", lr=0.05, weight_decay=5e-4,
                   schedule="warmup_linear", warmup_epochs=0.5, augment=False, label_smoothing=0.0),
     "fashion_mnist": dict(model="lenet5", epochs=10, batch_size=64, optimizer="nesterov", lr=0.05,
                           weight_decay=5e-4, schedule="warmup_linear", warmup_epochs=0.5, augment=False,
