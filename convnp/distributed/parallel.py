@@ -133,11 +133,7 @@ def _sync_bn_backward(layer, comm, path):
                 dweight = None
             if not cache["has_bias"]:
                 dbias = None
-        layer.grads = {}
-        if dweight is not None:
-            layer.grads["weight"] = dweight.astype(layer.params["weight"].dtype, copy=False)
-        if dbias is not None:
-            layer.grads["bias"] = dbias.astype(layer.params["bias"].dtype, copy=False)
+        layer.store_grads(dweight, dbias)
         return dx
 
     return backward

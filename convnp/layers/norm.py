@@ -96,12 +96,16 @@ class _BatchNorm(Layer):
         """dx; fills grads["weight"], grads["bias"] (when present)."""
         cache = self._pop_cache(dout, self._out_shape)
         dx, dweight, dbias = batchnorm_backward(dout, cache)
+        self.store_grads(dweight, dbias)
+        return dx
+
+    def store_grads(self, dweight, dbias) -> None:
+        """Overwrite ``grads`` with the parameter gradients (None for an absent parameter), in the params' dtype."""
         self.grads = {}
         if dweight is not None:
             self.grads["weight"] = dweight.astype(self.params["weight"].dtype, copy=False)
         if dbias is not None:
             self.grads["bias"] = dbias.astype(self.params["bias"].dtype, copy=False)
-        return dx
 
     def get_config(self) -> dict:
         cfg = {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,
