@@ -11,8 +11,8 @@ evaluation mode (``torch.no_grad()``). Both libraries get the same batch (random
 images), the same weights (copied through their common state_dict names) and the same number of
 threads (``convnp.set_num_threads`` / ``torch.set_num_threads``). Before any timing the outputs
 and every parameter gradient are checked to agree. Then the steps run alternately (convnp, torch,
-torch channels_last, convnp, ...) after a warm-up, each after a short pause so the other
-library's spinning worker threads have gone to sleep, and the median of the repeats is reported
+torch channels_last, convnp, ...) after a warm-up, each turn a short block of consecutive steps
+after a pause (``time_alternating``), and the median of the repeats is reported
 as images/s, GFLOP/s (forward FLOPs from ``convnp.summary``; a training step counts 3x), the
 percentage of the SGEMM peak measured here with NumPy at the same thread count, and each row's
 speed relative to PyTorch's default (NCHW) memory format ("x torch"; above 1: faster). With
@@ -203,8 +203,15 @@ def _with_kernels(step, choice: str):
     return run
 
 
-def time_alternating(fns: dict, warmup: int = 2, repeats: int = 7, pause: float = 0.2) -> dict:
-    """{name: [seconds per call]}: every function in turn, ``repeats`` rounds after ``warmup`` rounds."""
+def time_alternating(fns: dict, warmup: int = 2, repeats: int = 7, pause: float = 0.2, block: float = 0.1) -> dict:
+    """{name: [seconds per call]}: the functions take turns, ``repeats`` rounds after ``warmup`` rounds.
+
+    Each turn is a short block of consecutive calls, as in a training loop: after the pause
+    (which lets the other library's spinning threads go to sleep) one untimed call wakes the
+    worker threads and caches up, then calls are timed until ``block`` seconds have passed
+    (at least one); the turn records their mean. A single call after an idle pause measured up
+    to 1.5x slower on this 2-vCPU virtual machine (idle vCPUs are slow to wake), for both libraries.
+    """
     for _ in range(warmup):
         for fn in fns.values():
             fn()
@@ -212,10 +219,16 @@ def time_alternating(fns: dict, warmup: int = 2, repeats: int = 7, pause: float 
     for _ in range(repeats):
         for name, fn in fns.items():
             gc.collect()
-            time.sleep(pause)  # idle BLAS/OpenMP threads of the previous library stop spinning
-            t0 = time.perf_counter()
+            time.sleep(pause)
             fn()
-            times[name].append(time.perf_counter() - t0)
+            calls, t0 = 0, time.perf_counter()
+            while True:
+                fn()
+                calls += 1
+                elapsed = time.perf_counter() - t0
+                if elapsed >= block:
+                    break
+            times[name].append(elapsed / calls)
     return times
 
 
@@ -410,8 +423,6 @@ def profile_model(model, batch: int = 128, input_shape=None, repeats: int = 5, o
 # --- peak memory -------------------------------------------------------------------------------------
 def _rss_child(spec: str) -> None:
     """Runs in a subprocess: build both nets, then run only one library's training steps; print RSS."""
-    import resource  # noqa: PLC0415
-
     import torch  # noqa: PLC0415, F401 - both children import both libraries
 
     cfg = json.loads(spec)
@@ -427,7 +438,9 @@ def _rss_child(spec: str) -> None:
         before = int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
     for _ in range(cfg["steps"]):
         steps["train"]()
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    # VmHWM: this process's own high-water mark (ru_maxrss is inherited from the parent across exec)
+    with open("/proc/self/status") as f:
+        peak = next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM:"))
     print(json.dumps({"before": before, "peak": peak}))
 
 

@@ -555,6 +555,52 @@ def test_conv_layer_fast_paths_equal_torch(padding, layout, dtype, kernel_mode):
         np.testing.assert_allclose(gdb, tnet[0].bias.grad.numpy(), **tol)
 
 
+@pytest.mark.parametrize("c", [1, 3, 6])
+@pytest.mark.parametrize("geometry", [  # kernel, stride, padding, dilation, rounding
+    (3, 1, 1, 1, "exact"), (5, 2, 2, 1, "floor"), ((3, 2), (2, 1), (0, 1), (1, 2), "floor"), (3, 2, 1, 1, "ceil")])
+@pytest.mark.parametrize("chunk", [1, 3000, 1 << 20])  # chunks of one image, of a few, of the whole batch
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_conv_small_channel_planes_path(c, geometry, chunk, n_threads, monkeypatch, kernel_mode):
+    """Few input channels: forward and dw from (C, N, H, W) planes, dx by col2im_cnhw; vs PyTorch."""
+    import convnp.ops.conv as conv_ops
+
+    torch = _torch()
+    k_, s_, p_, d_, rounding = geometry
+    monkeypatch.setattr(conv_ops, "PLANE_BYTES", chunk)
+    monkeypatch.setattr(conv_ops, "MIN_PARALLEL_BYTES", 1)  # split even this small batch over the threads
+    layer = Conv2d(c, 5, k_, stride=s_, padding=p_, dilation=d_, rounding=rounding, rng=0)
+    layer.params["bias"][:] = np.arange(5)
+    x = np.random.default_rng(c).standard_normal((5, c, 11, 9)).astype(np.float32)
+    with threads.num_threads(n_threads):
+        out = layer.forward(x, train=True)
+        dout = np.random.default_rng(1).standard_normal(out.shape).astype(np.float32)
+        dx = layer.backward(dout)
+        grads = dict(layer.grads)
+        layer.forward(channels_last(x), train=True)
+        assert layer.backward(dout, input_grad=False) is None
+        np.testing.assert_allclose(layer.grads["weight"], grads["weight"], rtol=1e-5, atol=1e-5)
+    # reference 1: the channels-last im2col path (oracle-tested in test_conv.py), every geometry
+    monkeypatch.setattr(conv_ops, "SMALL_CHANNELS", 0)
+    ref_out = layer.forward(x, train=True)
+    ref_dx = layer.backward(dout)
+    np.testing.assert_allclose(out, ref_out, rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(dx, ref_dx, rtol=1e-5, atol=1e-5)
+    for key in grads:
+        np.testing.assert_allclose(grads[key], layer.grads[key], rtol=1e-4, atol=1e-4, err_msg=key)
+    if rounding == "ceil":  # PyTorch convolutions have no ceil rounding: reference 1 only
+        return
+    # reference 2: PyTorch
+    tx = torch.from_numpy(x).requires_grad_()
+    tw = torch.from_numpy(layer.params["weight"].copy()).requires_grad_()
+    tb = torch.from_numpy(layer.params["bias"].copy()).requires_grad_()
+    tout = torch.nn.functional.conv2d(tx, tw, tb, layer.stride, layer.padding, layer.dilation)
+    tout.backward(torch.from_numpy(dout))
+    np.testing.assert_allclose(out, tout.detach().numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(dx, tx.grad.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(grads["weight"], tw.grad.numpy(), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(grads["bias"], tb.grad.numpy(), rtol=1e-4, atol=1e-4)
+
+
 def test_conv_fused_relu_nan_and_ties(kernel_mode):
     x = np.zeros((2, 16, 4, 4), np.float32)
     x[0, 0, 1, 1] = np.nan

@@ -184,6 +184,23 @@ def col2im_nhwc(dcols, dxpad, kernel, stride, dilation):
     return dxpad
 
 
+def im2col_cnhw(xpad, cols, kernel, stride, dilation):
+    """Windows of the padded (C, N, HP, WP) ``xpad`` copied into ``cols`` (KH, KW, C, N, OH, OW).
+
+    ``cols.reshape(KH*KW*C, N*OH*OW)`` is the transposed im2col matrix, rows ordered like
+    ``w.transpose(2, 3, 1, 0)``; one strided copy per kernel tap, each along image rows: the fast
+    layout when C is small (a network's input), where channels-last rows are only C numbers.
+    """
+    oh, ow = cols.shape[-2:]
+    sh, sw = stride
+    for i in range(kernel[0]):
+        r0 = i * dilation[0]
+        for j in range(kernel[1]):
+            c0 = j * dilation[1]
+            cols[i, j] = xpad[:, :, r0:r0 + sh * (oh - 1) + 1:sh, c0:c0 + sw * (ow - 1) + 1:sw]
+    return cols
+
+
 def col2im_cnhw(dcols, dxpad, kernel, stride, dilation):
     """Scatter-add window gradients (KH, KW, C, N, OH, OW) into the padded (C, N, HP, WP) ``dxpad``.
 

@@ -137,6 +137,32 @@ if _numba is not None:
                 out[i, j] = v
 
     @_jit
+    def col2im_cnhw(dcols, dx, n0, kh, kw, sh, sw, ph, pw, dh, dw):
+        """dx[c, n0 + n, r, q] = sum of the window gradients dcols (KH, KW, C, m, OH, OW) that read
+        input position (r, q) (dx (C, N, H, W), unpadded; its rows n0..n0+m-1 are overwritten)."""
+        cc, m, oh, ow = dcols.shape[2], dcols.shape[3], dcols.shape[4], dcols.shape[5]
+        h, w = dx.shape[2], dx.shape[3]
+        zero = dx.dtype.type(0)
+        for c in range(cc):
+            for n in range(m):
+                for r in range(h):
+                    for q in range(w):
+                        dx[c, n0 + n, r, q] = zero
+        for i in range(kh):
+            for j in range(kw):
+                # output columns b whose tap j lands inside: 0 <= b*sw + j*dw - pw < w
+                lo = max(0, -((j * dw - pw) // sw))
+                hi = min(ow, (w - 1 + pw - j * dw) // sw + 1)
+                for c in range(cc):
+                    for n in range(m):
+                        for a in range(oh):
+                            r = a * sh + i * dh - ph
+                            if r < 0 or r >= h:
+                                continue
+                            for b in range(lo, hi):
+                                dx[c, n0 + n, r, b * sw + j * dw - pw] += dcols[i, j, c, n, a, b]
+
+    @_jit
     def relu_forward_flat(x, out, mask):
         for i in range(x.shape[0]):
             v = x[i]
