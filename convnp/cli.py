@@ -144,6 +144,12 @@ def _cmd_export(args) -> int:
     return 0
 
 
+def _cmd_bench(args) -> int:
+    from .bench import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="convnp", description="ConvNets in NumPy, after the CS231n notes.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -236,6 +242,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--weights", help="PyTorch state_dict to load into a zoo model first")
     p.add_argument("--batch", type=int, help="fixed batch size (default: symbolic)")
     p.set_defaults(func=_cmd_export)
+
+    from .bench import add_arguments as add_bench_arguments
+
+    p = sub.add_parser("bench", help="time a model against PyTorch in one process (needs torch)",
+                       description="Build the same net in convnp and PyTorch with identical weights, check they "
+                                   "agree, time both alternately and print images/s, GFLOP/s and the ratio.")
+    add_bench_arguments(p)
+    p.set_defaults(func=_cmd_bench)
 
     p = sub.add_parser("eval", help="accuracy of a saved model on a dataset split")
     p.add_argument("model", help="a saved model (model.safetensors)")

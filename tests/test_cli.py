@@ -89,7 +89,7 @@ def test_data_info_digits():
 
 
 def test_every_command_has_help():
-    for cmd in ("train", "eval", "predict", "summary", "check", "data", "report", "export"):
+    for cmd in ("train", "eval", "predict", "summary", "check", "data", "report", "export", "bench"):
         assert "usage: convnp " + cmd in run(cmd, "--help").stdout
 
 
@@ -110,3 +110,10 @@ def test_finetune_with_frozen_prefix_keeps_those_weights(trained, tmp_path):
     after = load_model(out / "model.safetensors").state_dict()
     assert np.array_equal(before["0.weight"], after["0.weight"])
     assert not np.array_equal(before["4.weight"], after["4.weight"])
+
+
+def test_bench_runs_against_torch():
+    pytest.importorskip("torch", reason="convnp bench compares with PyTorch (test extra)")
+    out = run("bench", "INPUT[8x8x1] -> CONV3-4 -> RELU -> FC-10", "--batch", "8", "--repeats", "1", "--warmup", "1",
+              "--pause", "0", "--no-channels-last").stdout
+    assert "torch" in out and "x" in out
