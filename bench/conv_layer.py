@@ -2,12 +2,16 @@
 
 Default size: batch 128, 32x32 input, 32 -> 32 channels, 3x3, padding 1 (a layer of the small
 CIFAR net). Both libraries get the same number of threads (default: all cores; convnp's via
-``convnp.threads``, which also sets NumPy's BLAS). The two are timed alternately (warm-up, a
-pause before each step, then the median of several repeats), and their outputs and gradients
-are checked to agree before any timing.
+``convnp.threads``, which also sets NumPy's BLAS). The two are timed alternately (warm-up, then
+turns of a pause and a short block of consecutive steps, ``convnp.bench.time_alternating``;
+the median of several repeats), and their outputs and gradients are checked to agree before
+any timing.
 
     .venv/bin/python bench/conv_layer.py                 # the comparison
     .venv/bin/python bench/conv_layer.py --alternatives  # also convnp's other algorithms/layouts
+
+"convnp" is the default path: with numba installed ("fast" extra) a 3x3 stride-1 layer of 16+
+channels runs as Winograd F(2x2, 3x3); the alternatives, NumPy kernels first, are im2col variants.
 
 convnp's input (and dout) are channels-last in memory by default, which is what a convnp layer
 hands the next one (its NCHW outputs are views of NHWC memory); ``--input-layout nchw`` gives
@@ -53,6 +57,8 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import convnp.ops.conv as conv_ops
+from convnp.bench import time_alternating
+from convnp.ops import kernels
 from convnp import threads
 from convnp.layers.conv import Conv2d
 
@@ -117,20 +123,24 @@ def main() -> int:
     if args.alternatives:
         nchw_x, nchw_dout = np.ascontiguousarray(x_nchw), np.ascontiguousarray(dout_nchw)
 
-        def with_setting(chunk=None, dx_method="auto", split=True, xin=x, din=dout):
+        def with_setting(chunk=None, dx_method="auto", split=True, xin=x, din=dout, kern="numpy"):
             def step():
                 saved = conv_ops.CHUNK_BYTES, conv_ops.MIN_PARALLEL_BYTES
                 conv_ops.CHUNK_BYTES = chunk or conv_ops.CHUNK_BYTES
                 conv_ops.MIN_PARALLEL_BYTES = conv_ops.MIN_PARALLEL_BYTES if split else 1 << 62
                 try:
-                    o, cache = conv_ops.conv2d_forward(xin, layer.params["weight"], layer.params["bias"],
-                                                       layer.stride, layer.padding, layer.dilation,
-                                                       layer.rounding)
-                    return o, conv_ops.conv2d_backward(din, cache, dx_method=dx_method,
-                                                       input_grad=not args.no_input_grad)
+                    with kernels.use(kern):
+                        o, cache = conv_ops.conv2d_forward(xin, layer.params["weight"], layer.params["bias"],
+                                                           layer.stride, layer.padding, layer.dilation,
+                                                           layer.rounding)
+                        return o, conv_ops.conv2d_backward(din, cache, dx_method=dx_method,
+                                                           input_grad=not args.no_input_grad)
                 finally:
                     conv_ops.CHUNK_BYTES, conv_ops.MIN_PARALLEL_BYTES = saved
             return step
+
+        # with numba, a 3x3 stride-1 layer of 16+ channels is Winograd; these variants are im2col
+        steps["convnp, NumPy kernels (im2col)"] = with_setting()
 
         steps["convnp, batch not split (BLAS threads)"] = with_setting(split=False)
         steps["convnp, whole batch (no chunks)"] = with_setting(chunk=1 << 40)
@@ -150,18 +160,9 @@ def main() -> int:
 
         steps["torch, channels_last"] = torch_channels_last
 
-    times = {name: [] for name in steps}
-    for _ in range(args.warmup):
-        for step in steps.values():
-            step()
-    for _ in range(args.repeats):
-        for name, step in steps.items():
-            # Idle BLAS/OpenMP worker threads of the library that ran last keep spinning for a
-            # while (OpenBLAS: up to ~0.1 s) and would steal a core from the next one.
-            time.sleep(args.pause)
-            t0 = time.perf_counter()
-            step()
-            times[name].append(time.perf_counter() - t0)
+    # Each turn: a pause (the other library's spinning threads go to sleep), one untimed step to
+    # wake the worker threads, then a short block of timed steps (see convnp.bench.time_alternating).
+    times = time_alternating(steps, args.warmup, args.repeats, args.pause)
 
     med = {name: statistics.median(v) * 1e3 for name, v in times.items()}
     print(f"Conv2d({c}, {k}, kernel_size={args.kernel}, stride={args.stride}, padding={args.padding}) "

@@ -627,6 +627,28 @@ def test_winograd_filter_transforms_are_adjoint():
     assert not wino.applies((1, 16, 8, 8), (16, 16, 5, 5), (1, 1), (1, 1), np.float32)
 
 
+@needs_numba
+def test_kernels_stay_off_under_tracemalloc_until_warmed(monkeypatch):
+    """A memory measurement must not count numba's one-time compiler memory (about 20 MB)."""
+    import tracemalloc
+
+    monkeypatch.setitem(kernels._warm, "done", False)
+    with kernels.use("auto"):
+        assert kernels.enabled()
+        tracemalloc.start()
+        try:
+            assert not kernels.enabled()
+            assert not engine.worth_sharding(np.zeros((64, 3, 32, 32), np.float32))  # serial while traced
+        finally:
+            tracemalloc.stop()
+        kernels.warm()
+        tracemalloc.start()
+        try:
+            assert kernels.enabled()
+        finally:
+            tracemalloc.stop()
+
+
 def test_kernel_switch():
     with pytest.raises(ConfigError):
         kernels.set_kernels("fortran")

@@ -73,21 +73,22 @@ def warm() -> None:
         return
     import numpy as np  # noqa: PLC0415
 
-    from . import activation, kernels_winograd, pool  # noqa: PLC0415
+    from . import activation, conv, pool  # noqa: PLC0415
 
     with use("numba"):
         _warm["done"] = True
         for dt in (np.float32, np.float64):
             x = np.ones((2, 3, 4, 4), dt)
             for a in (x, np.ascontiguousarray(x.transpose(0, 2, 3, 1)).transpose(0, 3, 1, 2)):
-                out, cache = pool.maxpool2d_forward(a, (2, 2), (2, 2), (0, 0), (1, 1), (2, 2))
-                pool.maxpool2d_backward(out, cache)
+                for geometry in (((2, 2), (2, 2), (0, 0), (1, 1), (2, 2)), ((3, 3), (2, 2), (1, 1), (1, 1), (2, 2))):
+                    out, cache = pool.maxpool2d_forward(a, *geometry)
+                    pool.maxpool2d_backward(out, cache)
                 out, mask = activation.relu_forward(a)
                 activation.relu_backward(out, mask)
-            w = np.ones((16, 16, 3, 3), dt)
-            xw = np.ones((1, 16, 4, 4), dt)
-            out, cache, _ = kernels_winograd.forward(xw, w, np.ones(16, dt), (1, 1), (4, 4), relu=True)
-            kernels_winograd.backward(out, cache)
+            for c in (3, 16):  # the planes path (few channels) and Winograd
+                w = np.ones((16, c, 3, 3), dt)
+                out, cache, _ = conv.conv2d_relu_forward(np.ones((1, c, 4, 4), dt), w, np.ones(16, dt), 1, 1)
+                conv.conv2d_backward(out, cache)
 
 
 def set_kernels(value: str) -> None:
@@ -208,6 +209,48 @@ if _numba is not None:
                         for k in range(c):
                             out[n, i, j, k] = -_np_inf
                             switches[n, i, j, k] = 0
+
+    @_jit
+    def maxpool_nhwc_forward_tiled(x, out, switches, kh, kw):
+        """``maxpool_nhwc_forward`` for windows that tile the input exactly, reading it row by row."""
+        n_, oh, ow, c = out.shape
+        for n in range(n_):
+            for i in range(oh):
+                for u in range(kh):
+                    r = i * kh + u
+                    for j in range(ow):
+                        for v in range(kw):
+                            t = u * kw + v
+                            q = j * kw + v
+                            if t == 0:
+                                for k in range(c):
+                                    out[n, i, j, k] = x[n, r, q, k]
+                                    switches[n, i, j, k] = 0
+                            else:
+                                for k in range(c):
+                                    val = x[n, r, q, k]
+                                    b = out[n, i, j, k]
+                                    if (val > b) or (val != val and b == b):
+                                        out[n, i, j, k] = val
+                                        switches[n, i, j, k] = t
+
+    @_jit
+    def maxpool_nhwc_backward_tiled(dout, switches, dx, kh, kw):
+        """Backward of windows that tile the input exactly (stride = kernel, no padding/dilation):
+        every dx position is written once, so no zeroing and no adding."""
+        c = dx.shape[3]
+        n_, oh, ow = dout.shape[0], dout.shape[1], dout.shape[2]
+        zero = dx.dtype.type(0)
+        for n in range(n_):
+            for i in range(oh):
+                for u in range(kh):
+                    r = i * kh + u
+                    for j in range(ow):
+                        for v in range(kw):
+                            t = u * kw + v
+                            q = j * kw + v
+                            for k in range(c):
+                                dx[n, r, q, k] = dout[n, i, j, k] if switches[n, i, j, k] == t else zero
 
     @_jit
     def maxpool_nhwc_backward(dout, switches, dx, kh, kw, sh, sw, ph, pw, dh, dw):

@@ -111,6 +111,12 @@ def _as_nhwc(x, last: bool):
     return x.reshape(n * c, h, w, 1)
 
 
+def _tiles(in_hw, out_hw, kernel_size, stride, padding, dilation) -> bool:
+    """True when the windows cover the input exactly once (stride = kernel, no padding or dilation)."""
+    return (tuple(stride) == tuple(kernel_size) and tuple(padding) == (0, 0) and tuple(dilation) == (1, 1)
+            and tuple(in_hw) == (out_hw[0] * stride[0], out_hw[1] * stride[1]))
+
+
 def _maxpool_compiled(x, kernel_size, stride, padding, dilation, out_hw, last, extra):
     """One pass per output with the numba kernel (same results as the NumPy path below it)."""
     kh, kw = kernel_size
@@ -119,8 +125,11 @@ def _maxpool_compiled(x, kernel_size, stride, padding, dilation, out_hw, last, e
     itype = _index_dtype(kh * kw)
     out = np.empty((a.shape[0], *out_hw, a.shape[3]), dtype=x.dtype)
     switches = np.empty(out.shape, dtype=itype)
-    kernels.maxpool_nhwc_forward(a, out, switches, kh, kw, stride[0], stride[1], padding[0], padding[1],
-                                 dilation[0], dilation[1])
+    if _tiles(x.shape[2:], out_hw, kernel_size, stride, padding, dilation):
+        kernels.maxpool_nhwc_forward_tiled(a, out, switches, kh, kw)
+    else:
+        kernels.maxpool_nhwc_forward(a, out, switches, kh, kw, stride[0], stride[1], padding[0], padding[1],
+                                     dilation[0], dilation[1])
     cache = (switches, x.shape, kernel_size, stride, padding, dilation, last, "compiled")
     out = out.transpose(0, 3, 1, 2) if last else out.reshape(n, c, *out_hw)
     return out, cache
@@ -133,9 +142,15 @@ def _maxpool_compiled_backward(dout, cache):
     if d is None:  # dout in another layout than the forward's output: make it match
         d = np.ascontiguousarray(dout.transpose(0, 2, 3, 1)) if last else \
             np.ascontiguousarray(dout).reshape(n * c, *dout.shape[2:], 1)
-    dx = np.zeros((n, h, w, c) if last else (n * c, h, w, 1), dtype=dout.dtype)
-    kernels.maxpool_nhwc_backward(d, switches, dx, kernel_size[0], kernel_size[1], stride[0], stride[1],
-                                  padding[0], padding[1], dilation[0], dilation[1])
+    shape = (n, h, w, c) if last else (n * c, h, w, 1)
+    oh, ow = switches.shape[1:3]
+    if _tiles((h, w), (oh, ow), kernel_size, stride, padding, dilation):
+        dx = np.empty(shape, dtype=dout.dtype)
+        kernels.maxpool_nhwc_backward_tiled(d, switches, dx, kernel_size[0], kernel_size[1])
+    else:
+        dx = np.zeros(shape, dtype=dout.dtype)
+        kernels.maxpool_nhwc_backward(d, switches, dx, kernel_size[0], kernel_size[1], stride[0], stride[1],
+                                      padding[0], padding[1], dilation[0], dilation[1])
     return dx.transpose(0, 3, 1, 2) if last else dx.reshape(n, c, h, w)
 
 
