@@ -11,5 +11,6 @@ from .nets import (Add, BasicBlock, Bottleneck, Concat, Graph, Inception, Sequen
                    residual_block)
 from .spec import SpecError, parse, to_spec
 from .summary import Summary, summary
+from .threads import get_num_threads, num_threads, set_num_threads
 
 __version__ = "0.1.0"

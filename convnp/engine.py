@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import copy
 import threading
-import tracemalloc
 
 from .errors import ShapeError, StateError
 from .ops.backend import array_module
@@ -121,12 +120,8 @@ def forward_chain(named: list, x, train: bool):
 
 
 def worth_sharding(x) -> bool:
-    """Threads to use, a batch to split and enough work per shard (cheap; checked on every forward).
-
-    Never while ``tracemalloc`` traces: ``convnp.memory.measure_peak`` measures the serial step
-    that ``convnp.memory.estimate_peak`` models (shards hold one scratch workspace per worker).
-    """
-    if in_parallel_region() or tracemalloc.is_tracing():
+    """Threads to use, a batch to split and enough work per shard (cheap; checked on every forward)."""
+    if in_parallel_region():
         return False
     shape = getattr(x, "shape", None)
     if not shape or len(shape) < 2 or shape[0] < 2 or not hasattr(x, "__array_interface__"):

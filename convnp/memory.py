@@ -34,6 +34,7 @@ import numpy as np
 
 from .errors import ConfigError, StateError
 from .summary import format_bytes, layer_pair, optimizer_slots, parse_input_shape, trace
+from .threads import num_threads
 
 __all__ = ["LayerMemory", "Measurement", "PeakEstimate", "estimate_peak", "fit_batch_size", "layer_memory",
            "measure_peak", "parse_bytes"]
@@ -451,27 +452,29 @@ def measure_peak(net, input_shape=None, batch_size: int = 32, optimizer: str = "
     opt = get_optimizer(optimizer, lr=0.0)
     loss_fn = SoftmaxCrossEntropy()
     gc.collect()
-    tracemalloc.start()
-    try:
-        x = gen.standard_normal((n, *shape)).astype(dtype)
-        labels = gen.integers(0, classes, size=n)
+    # The estimate models the serial step: worker threads would each hold their own scratch buffers.
+    with num_threads(1):
+        tracemalloc.start()
+        try:
+            x = gen.standard_normal((n, *shape)).astype(dtype)
+            labels = gen.integers(0, classes, size=n)
 
-        def step():
-            scores = net.forward(x, train=True).reshape(n, classes)
-            _, dscores = loss_fn(scores, labels)
-            net.backward(dscores.reshape((n, *out_shape)))
-            del scores, dscores
-            opt.step(net.params, net.grads)
+            def step():
+                scores = net.forward(x, train=True).reshape(n, classes)
+                _, dscores = loss_fn(scores, labels)
+                net.backward(dscores.reshape((n, *out_shape)))
+                del scores, dscores
+                opt.step(net.params, net.grads)
 
-        step()
-        gc.collect()
-        tracemalloc.reset_peak()
-        t0 = time.perf_counter()
-        step()
-        seconds = time.perf_counter() - t0
-        traced = tracemalloc.get_traced_memory()[1]
-    finally:
-        tracemalloc.stop()
-        if buffers:
-            net.load_state_dict({**{k: np.array(v) for k, v in net.state_dict().items()}, **buffers})
+            step()
+            gc.collect()
+            tracemalloc.reset_peak()
+            t0 = time.perf_counter()
+            step()
+            seconds = time.perf_counter() - t0
+            traced = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+            if buffers:
+                net.load_state_dict({**{k: np.array(v) for k, v in net.state_dict().items()}, **buffers})
     return Measurement(int(traced + resident), int(traced), int(resident), n, str(optimizer), seconds)

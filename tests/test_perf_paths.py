@@ -638,7 +638,6 @@ def test_kernels_stay_off_under_tracemalloc_until_warmed(monkeypatch):
         tracemalloc.start()
         try:
             assert not kernels.enabled()
-            assert not engine.worth_sharding(np.zeros((64, 3, 32, 32), np.float32))  # serial while traced
         finally:
             tracemalloc.stop()
         kernels.warm()
@@ -647,6 +646,24 @@ def test_kernels_stay_off_under_tracemalloc_until_warmed(monkeypatch):
             assert kernels.enabled()
         finally:
             tracemalloc.stop()
+
+
+def test_memory_measurement_runs_the_serial_step(monkeypatch):
+    """measure_peak models one serial step, so it must run with one thread (no per-worker scratch)."""
+    import convnp
+    from convnp import memory
+    from convnp.nets import sequential
+    from convnp.threads import get_num_threads, num_threads
+
+    seen = []
+    original = engine.worth_sharding
+    monkeypatch.setattr(sequential, "worth_sharding", lambda x: seen.append(get_num_threads()) or original(x))
+    x = np.zeros((64, 3, 32, 32), np.float32)
+    with num_threads(2):
+        assert original(x)
+        net = convnp.parse("INPUT[32x32x3] -> CONV3-8 -> RELU -> POOL2 -> FC-10", rng=0)
+        memory.measure_peak(net, batch_size=64)
+    assert seen and set(seen) == {1}
 
 
 def test_kernel_switch():
