@@ -77,7 +77,7 @@ def test_summary_bad_spec_is_a_clear_error():
     assert proc.returncode == 2 and "not an integer" in proc.stderr
 
 
-@pytest.mark.parametrize("model", ["lenet5", "cifar_convnet", "cifar_convnet:batch_norm=True"])
+@pytest.mark.parametrize("model", ["lenet5", "cifar_convnet", "cifar_convnet:batch_norm=True", "cifar_fast", "resnet20"])
 def test_check_passes_the_notes_sanity_checks(model):
     out = run("check", model, "--examples", "20").stdout
     assert out.count("[PASS]") == 3, out

@@ -27,7 +27,7 @@ from convnp.nets.blocks import Bottleneck
 from tests.gradcheck import check_layer_gradients
 from tests.torch_twins import skip_weight_draws, twins
 
-ALL_MODELS = ["lenet5", "cs231n_3layer", "cifar_convnet", "alexnet", "alexnet_v1", "zfnet",
+ALL_MODELS = ["lenet5", "cs231n_3layer", "cifar_convnet", "cifar_fast", "alexnet", "alexnet_v1", "zfnet",
               "vgg11", "vgg13", "vgg16", "vgg19", "vgg11_bn", "vgg13_bn", "vgg16_bn", "vgg19_bn", "googlenet",
               "resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnet20", "resnet32", "resnet44",
               "resnet56"]
@@ -49,6 +49,10 @@ PARAMS = {
     # convs (9*Cin+1)*Cout: 896 + 9,248 + 18,496 + 36,928 + 73,856 + 147,584 = 287,008;
     # FC-256: 2048*256+256 = 524,544; FC-10: 2,570; total 814,122
     "cifar_convnet": 814_122,
+    # whitening conv 3*24*4+24 = 312; 3x3 convs (no bias) 24*64*9 = 13,824, 64*64*9 = 36,864,
+    # 64*128*9 = 73,728, 3 * 128*128*9 = 442,368; BNs 2*(64+64+128+128+128+128) = 1,280;
+    # FC-10 without bias 128*10 = 1,280; total 569,656
+    "cifar_fast": 569_656,
     # AlexNet 2012, single tower: conv1 3*96*121+96 = 34,944; conv2 96*256*25+256 = 614,656;
     # conv3 256*384*9+384 = 885,120; conv4 384*384*9+384 = 1,327,488; conv5 384*256*9+256 = 884,992
     # (convs 3,747,200); fc6 9216*4096+4096 = 37,752,832; fc7 4096*4096+4096 = 16,781,312;
@@ -359,6 +363,7 @@ def test_googlenet_aux_heads_match_torch(T):
     ("cs231n_3layer", {}, (2, 3, 32, 32)),
     ("cifar_convnet", {}, (2, 3, 32, 32)),
     ("cifar_convnet", {"batch_norm": True}, (2, 3, 32, 32)),
+    ("cifar_fast", {}, (2, 3, 32, 32)),
     ("resnet20", {"shortcut": "B"}, (2, 3, 32, 32)),
     ("lenet5", {"input_size": 32, "in_channels": 3}, (2, 3, 32, 32)),
 ])

@@ -241,6 +241,7 @@ ZOO = {
     "lenet5": ((1, 28, 28), {}),
     "cs231n_3layer": ((3, 32, 32), {}),
     "cifar_convnet": ((3, 32, 32), {}),
+    "cifar_fast": ((3, 32, 32), {}),
     "alexnet": ((3, 64, 64), {"num_classes": 10}),  # 57M weights; the adaptive 6x6 pool repeats the 1x1 map
     "googlenet": ((3, 64, 64), {"num_classes": 10}),
     "resnet18": ((3, 64, 64), {"num_classes": 10}),

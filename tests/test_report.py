@@ -411,6 +411,19 @@ def test_most_confident_mistakes():
         most_confident_mistakes(probs, y, k=-1)
 
 
+def test_training_curves_add_accuracy_against_time_when_timed():
+    pytest.importorskip("matplotlib", reason="the report's plots need the report extra (matplotlib)")
+    from convnp.report.plots import training_curves_png
+
+    rows = [{"epoch": e, "train_loss": 2.0 / e, "train_accuracy": 0.5 + e / 20, "val_loss": 2.1 / e,
+             "val_accuracy": 0.5 + e / 25, "lr": 0.1, "time": 60.0 * e} for e in range(1, 6)]
+    timed = png_info(training_curves_png(rows))
+    untimed = png_info(training_curves_png([{k: v for k, v in r.items() if k != "time"} for r in rows]))
+    no_val = png_info(training_curves_png([{k: v for k, v in r.items() if not k.startswith("val")} for r in rows]))
+    assert timed[1] == untimed[1] == no_val[1]
+    assert timed[0] == untimed[0] * 4 // 3 and no_val[0] == untimed[0]  # a fourth panel, same size each
+
+
 # --- filters and activations ---------------------------------------------------------------------------------
 def test_filter_grid_rgb_tiles_are_each_filter_scaled_to_unit(rng):
     w = rng.standard_normal((5, 3, 4, 4))

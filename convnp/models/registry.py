@@ -30,6 +30,7 @@ class ModelInfo:
     input_shape: tuple
     num_classes: int
     description: str
+    data_init: object = None   # (net, normalised training images) -> names to keep fixed; see train_run
 
     @property
     def options(self) -> tuple:
@@ -44,15 +45,19 @@ _MODELS: dict[str, ModelInfo] = {}
 FAMILIES = ("lenet", "small", "alexnet", "vgg", "googlenet", "resnet", "resnet_cifar")
 
 
-def register(name: str, family: str, input_shape: tuple, num_classes: int, description: str):
-    """Decorator adding a builder to the zoo under ``name``."""
+def register(name: str, family: str, input_shape: tuple, num_classes: int, description: str, data_init=None):
+    """Decorator adding a builder to the zoo under ``name``.
+
+    ``data_init(net, images)``, where given, finishes the initialisation from (normalised) training
+    images before training starts and returns the parameter names the optimizer must keep fixed.
+    """
 
     def wrap(fn):
         if family not in FAMILIES:
             raise ConfigError(f"model {name!r}: unknown family {family!r}; add it to FAMILIES")
         if name in _MODELS:
             raise ConfigError(f"model {name!r} is registered twice")
-        _MODELS[name] = ModelInfo(name, fn, family, tuple(input_shape), num_classes, description)
+        _MODELS[name] = ModelInfo(name, fn, family, tuple(input_shape), num_classes, description, data_init)
         return fn
 
     return wrap

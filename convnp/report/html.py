@@ -218,7 +218,8 @@ def _section_training(history) -> str:
             for r in history]
     table = _table(["epoch", "train loss", "train acc", "val loss", "val acc", "lr", "training time so far"], rows,
                    num_cols=range(7))
-    return (_figure(P.training_curves_png(history), "training and validation loss, accuracy and learning rate")
+    return (_figure(P.training_curves_png(history),
+                    "training and validation loss, accuracy and learning rate per epoch; accuracy against time")
             + _note("Validation numbers come from the run's validation loader after each epoch (convnp train "
                     "uses the test split); the training numbers are running means over the epoch in training "
                     "mode (dropout and augmentation, if any, on). The learning rate is the value at the end "

@@ -86,9 +86,12 @@ def array_png(a, cmap: str = "gray", vmin: float | None = 0.0, vmax: float | Non
 
 
 def training_curves_png(history: list) -> bytes:
-    """Loss, accuracy (training and validation) and learning rate per epoch, side by side."""
-    fig = figure(12, 3.4)
-    axes = fig.subplots(1, 3)
+    """Loss, accuracy (training and validation) and learning rate per epoch, side by side, and
+    validation accuracy against wall-clock minutes when the history has times."""
+    timed = any(row.get("time") is not None for row in history) and \
+        any(row.get("val_accuracy") is not None for row in history)
+    fig = figure(16 if timed else 12, 3.4)
+    axes = fig.subplots(1, 4 if timed else 3)
     epochs = [row.get("epoch", i + 1) for i, row in enumerate(history)]
 
     def series(key):
@@ -110,6 +113,14 @@ def training_curves_png(history: list) -> bytes:
             ax.set_xticks(epochs)
         if len(keys) > 1 and ax.lines:
             ax.legend()
+    if timed:
+        ax = axes[3]
+        points = [(row["time"] / 60, row["val_accuracy"]) for row in history
+                  if row.get("time") is not None and row.get("val_accuracy") is not None]
+        ax.plot(*zip(*points), marker="o", label="validation")
+        ax.set_title("accuracy against wall-clock time")
+        ax.set_xlabel("minutes")
+        ax.grid(True, alpha=0.3)
     return figure_png(fig)
 
 

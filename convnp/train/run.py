@@ -27,9 +27,9 @@ RECIPES = {
     "digits": dict(model="INPUT[8x8x1] -> CONV3-16 -> RELU -> POOL2 -> FC-64 -> RELU -> FC-10", epochs=10,
                    batch_size=32, optimizer="nesterov", lr=0.05, weight_decay=5e-4, schedule="warmup_linear",
                    warmup_epochs=1, augment=False, label_smoothing=0.0),
-    "cifar10": dict(model="cifar_convnet:batch_norm=True", epochs=50, batch_size=128, optimizer="nesterov", lr=0.15,
-                    weight_decay=5e-4, schedule="warmup_linear", warmup_epochs=2, augment=True,
-                    label_smoothing=0.1),
+    "cifar10": dict(model="cifar_fast", epochs=18, batch_size=512, optimizer="nesterov", lr=0.4,
+                    weight_decay=5e-4, schedule="warmup_linear", warmup_epochs=4, augment=True,
+                    label_smoothing=0.2),
     "cifar100": dict(model="resnet20", epochs=50, batch_size=128, optimizer="nesterov", lr=0.1,
                      weight_decay=5e-4, schedule="warmup_linear", warmup_epochs=2, augment=True,
                      label_smoothing=0.1),
@@ -87,6 +87,20 @@ def build_net(model: str, input_shape: tuple, num_classes: int, seed: int):
     from ..models import build_model
 
     return build_model(model, input_shape=input_shape, num_classes=num_classes, rng=seed)[0]
+
+
+def data_init(net, model: str, train, normalize, count: int = 5000) -> list:
+    """Run a zoo model's data-dependent initialisation (e.g. ``cifar_fast``'s patch whitening) on the
+    first ``count`` normalised training images; returns the parameter names to keep fixed."""
+    from ..models import model_info, parse_model_name
+
+    if "->" in model:
+        return []
+    init = model_info(parse_model_name(model)[0]).data_init
+    if init is None:
+        return []
+    images = normalize(np.asarray(train.x[:count], dtype=np.float32))
+    return list(init(net, images))
 
 
 def make_loss(name: str, label_smoothing: float):
@@ -152,6 +166,7 @@ def _train_run(cfg: RunConfig, resume: bool, progress: bool, comm) -> dict:
                               example_rng=comm is not None, **shard)
     test_loader = DataLoader(test, batch_size=256, transform=normalize, **shard)
     net = build_net(cfg.model, input_shape, train.num_classes, cfg.seed)
+    fixed = [] if cfg.finetune else data_init(net, cfg.model, train, normalize)
     lr = cfg.lr
     if comm is not None:
         from ..distributed import lr_scale_factor
@@ -164,7 +179,8 @@ def _train_run(cfg: RunConfig, resume: bool, progress: bool, comm) -> dict:
     from ..finetune import class_heads
 
     groups = [{"params": [p for p, _ in class_heads(net)], "lr": cfg.head_lr}] if cfg.head_lr else None
-    optimizer = get_optimizer(cfg.optimizer, lr=lr, weight_decay=cfg.weight_decay, frozen=cfg.freeze or None,
+    frozen = list(cfg.freeze or []) + [name for name in fixed if name not in (cfg.freeze or [])]
+    optimizer = get_optimizer(cfg.optimizer, lr=lr, weight_decay=cfg.weight_decay, frozen=frozen or None,
                               param_groups=groups)
     total = cfg.epochs * len(train_loader)
     sched_args = {}
