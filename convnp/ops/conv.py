@@ -36,6 +36,7 @@ from ..threads import get_num_threads, in_parallel_region, parallel_map
 from . import kernels, kernels_winograd
 from .backend import array_module
 from .im2col import col2im_cnhw, col2im_nhwc, im2col_cnhw, output_hw, padded_hw, pair, windows_nhwc
+from .reduce import sum_rows
 
 #: Target size in bytes of the im2col matrices being worked on at once (all threads together).
 #: Measured on 2 EPYC cores (1 MiB L2 each, 32 MiB L3): 1-4 MiB are equally fast, 16 MiB is
@@ -300,7 +301,7 @@ def conv2d_backward(dout, cache, dx_method: str = "auto", input_grad: bool = Tru
             dc = dh[n0:n1]
             dmat = xp.ascontiguousarray(dc).reshape(-1, k)
             if has_bias:
-                db += dmat.sum(axis=0)
+                db += sum_rows(dmat)
             if small:
                 dwm += _plane_matrix(x_nchw, n0, n1, frame, pbuf, (kh, kw), stride, dilation, padding,
                                      (oh, ow)) @ dmat

@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from .kernels import _numba
+from .reduce import sum_rows
 
 G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
 
@@ -423,7 +424,7 @@ def conv3x3_backward(dh, xh, w, padding, out_hw, has_bias, input_grad=True):
     for part in parts[1:]:
         du += part
     dw = filter_transform_adjoint(du).astype(w.dtype, copy=False)
-    db = dh.reshape(-1, k).sum(axis=0, dtype=np.float64).astype(w.dtype) if has_bias else None
+    db = sum_rows(dh.reshape(-1, k)).astype(w.dtype, copy=False) if has_bias else None
     return (dx if input_grad else None), dw, db
 
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import math
 
+from .reduce import sum_rows
+
 
 def linear_forward(x, weight, bias=None):
     """out = x @ weight.T + bias; (N, in) -> (N, out). The cache keeps x and weight."""
@@ -23,7 +25,7 @@ def linear_backward(dout, cache, input_grad: bool = True):
     x, weight, has_bias = cache
     dx = dout @ weight if input_grad else None
     dweight = dout.T @ x
-    dbias = dout.sum(axis=0) if has_bias else None
+    dbias = sum_rows(dout) if has_bias else None
     return dx, dweight, dbias
 
 

@@ -18,11 +18,7 @@ with zeros outside the channel range.
 from __future__ import annotations
 
 from .backend import array_module
-
-
-def _reduce_axes(x) -> tuple:
-    """Every axis but the channel axis 1."""
-    return (0,) + tuple(range(2, x.ndim))
+from .reduce import channel_sums
 
 
 def _per_channel(v, x):
@@ -42,12 +38,11 @@ def batchnorm_forward(x, weight, bias, running_mean, running_var, eps: float = 1
     ``mean``, ``var`` (the statistics used) and ``count`` (m) for the running update.
     """
     xp = array_module(x)
-    axes = _reduce_axes(x)
     count = x.size // x.shape[1]
     if train and count:
-        mean = x.mean(axis=axes)
+        mean = channel_sums(x) / x.dtype.type(count)
         xc = x - _per_channel(mean, x)
-        var = (xc * xc).mean(axis=axes)
+        var = channel_sums(xc * xc) / x.dtype.type(count)
     else:
         if train:  # an empty batch: nothing to normalize, no statistics
             mean, var = xp.zeros(x.shape[1], dtype=x.dtype), xp.ones(x.shape[1], dtype=x.dtype)
@@ -76,9 +71,8 @@ def batchnorm_backward(dout, cache):
         dx = inv_std / m * (m * g - sum(g) - xhat * sum(g * xhat))
     """
     xhat, inv_std, weight = cache["xhat"], cache["inv_std"], cache["weight"]
-    axes = _reduce_axes(dout)
-    dbias = dout.sum(axis=axes) if cache["has_bias"] else None
-    dweight = (dout * xhat).sum(axis=axes) if weight is not None else None
+    dbias = channel_sums(dout) if cache["has_bias"] else None
+    dweight = channel_sums(dout * xhat) if weight is not None else None
     g = dout * _per_channel(weight, dout) if weight is not None else dout
     if not cache["train"]:
         dx = g * _per_channel(inv_std, dout)
@@ -87,7 +81,7 @@ def batchnorm_backward(dout, cache):
     else:
         m = cache["count"]
         dx = _per_channel(inv_std / m, dout) * (
-            m * g - g.sum(axis=axes, keepdims=True) - xhat * (g * xhat).sum(axis=axes, keepdims=True))
+            m * g - channel_sums(g, keepdims=True) - xhat * channel_sums(g * xhat, keepdims=True))
     return dx, dweight, dbias
 
 
