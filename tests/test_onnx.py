@@ -202,6 +202,14 @@ def test_residual_and_inception_blocks(tmp_path):
     assert {"Add", "Concat", "BatchNormalization"} <= _ops(model)
 
 
+@pytest.mark.parametrize("k, s, p, size", [(2, 2, 1, 3), (2, 3, 0, 3), (3, 3, 1, 3), (4, 3, 2, 3)])
+def test_dilated_ceil_maxpool_pads_with_minus_inf_first(k, s, p, size, tmp_path):
+    """A dilated window's ceil-mode overhang can reach the kernel size, which onnxruntime refuses as pads."""
+    layer = MaxPool2d(k, stride=s, padding=p, dilation=2, rounding="ceil")
+    model = _roundtrip(Sequential(layer), (2, size, size + 1), tmp_path)
+    assert "Pad" in _ops(model)
+
+
 @settings(max_examples=25, deadline=None)
 @given(kind=st.sampled_from(["conv", "max", "avg", "lp"]), k=st.integers(1, 4), s=st.integers(1, 3),
        p=st.integers(0, 2), d=st.integers(1, 2), size=st.integers(3, 9),

@@ -18,7 +18,8 @@ How each layer maps (opset 13 or later; 17 by default):
 
 * Conv2d -> Conv; PyTorch's floor rounding is ONNX's; ``rounding="ceil"`` becomes extra
   bottom/right padding (the overhang convnp pads with zeros).
-* MaxPool2d -> MaxPool, with the ceil-mode overhang as extra end padding (never the max).
+* MaxPool2d -> MaxPool, with the ceil-mode overhang as extra end padding (never the max); where a
+  pad would reach the kernel size (dilated windows), a Pad node with -inf comes first.
 * AvgPool2d -> AveragePool with ``count_include_pad=1``. With a ceil-mode overhang the padding
   is made explicit (Pad) and the pool counts only what lies inside the padded input
   (``count_include_pad=0`` on the overhang), PyTorch's divisor.
@@ -223,8 +224,13 @@ def _register_builtin() -> None:
         pads, out = _window_pads(layer, shape, layer.kernel_size, layer.stride, layer.padding,
                                  layer.dilation, path, "MaxPool")
         attrs = {"dilations": list(layer.dilation)} if layer.dilation != (1, 1) else {}
-        y = b.node("MaxPool", [x], path, kernel_shape=list(layer.kernel_size), strides=list(layer.stride),
-                   pads=pads, **attrs)
+        kh, kw = layer.kernel_size
+        if max(pads[0], pads[2]) >= kh or max(pads[1], pads[3]) >= kw:
+            # onnxruntime wants pads < kernel; a dilated ceil-mode overhang can be more: pad with -inf first
+            x = b.node("Pad", [x, b.ints(f"{path}.pads", [0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]]),
+                               b.const(f"{path}.fill", -np.inf)], f"{path}.pad")
+            pads = [0, 0, 0, 0]
+        y = b.node("MaxPool", [x], path, kernel_shape=[kh, kw], strides=list(layer.stride), pads=pads, **attrs)
         return y, out
 
     @register_onnx_converter(AvgPool2d)
