@@ -39,7 +39,10 @@ from .threads import num_threads
 __all__ = ["LayerMemory", "Measurement", "PeakEstimate", "estimate_peak", "fit_batch_size", "layer_memory",
            "measure_peak", "parse_bytes"]
 
-from .ops.conv import CHUNK_BYTES, KEEP_COLS_BYTES, SMALL_CHANNELS  # the model follows the kernels
+try:  # the conv kernels' chunk size; the model follows it if it changes
+    from .ops.conv import CHUNK_BYTES
+except ImportError:  # pragma: no cover - ops.conv is part of the package
+    CHUNK_BYTES = 4 << 20
 
 #: Temporaries the size of the largest parameter tensor each optimizer's update makes.
 _STEP_TEMPS = {"sgd": 1, "momentum": 1, "nesterov": 2, "adagrad": 3, "rmsprop": 3, "adam": 3, "adamw": 3}
@@ -121,8 +124,6 @@ def layer_memory(layer, in_shapes, out_shape, n: int, b: int, in_nhwc: bool = Fa
         cols = oh * ow * kh * kw * c * b                       # one image's im2col matrix
         nb = max(1, min(n, CHUNK_BYTES // max(1, cols)))
         m.keeps_input, m.out_nhwc = True, True
-        if c < SMALL_CHANNELS and n * cols <= KEEP_COLS_BYTES:  # forward keeps its im2col matrices for dw
-            m.saved = n * cols
         m.fwd_work = weight + nb * cols + (nb * hp * wp * c * b if padded else 0)
         nb2 = max(1, min(n, CHUNK_BYTES // max(1, max(oh * ow, h * w) * kh * kw * max(c, k) * b)))
         work = 3 * weight + nb2 * cols + (nb2 * hp * wp * c * b if padded else 0) + 2 * nb2 * oh * ow * k * b

@@ -55,11 +55,6 @@ DX_METHODS = ("auto", "flip", "col2im", "col2im_cnhw")
 #: C=3 7x7 29 -> 24 ms, LeNet's C=1 5x5 4.2 -> 3.0 ms and C=6 5x5 4.1 -> 2.3 ms.
 SMALL_CHANNELS = 8
 
-#: On the planes path, forward keeps the chunks' im2col matrices for backward's dw (instead of
-#: building them again) when the whole batch's take at most this many bytes. Measured on LeNet,
-#: batch 128, one thread: the two rebuilds cost 1.8 ms of a 22 ms step; their 18 MB stay small.
-KEEP_COLS_BYTES = 32 << 20
-
 #: Bytes of one chunk's transposed im2col matrix on the planes path. Measured: LeNet's first layer
 #: (C=1, 5x5, 25 numbers per output position) 2.9 ms with 64k-position chunks vs 4.2 ms with 1k;
 #: tiny chunks also mean many small NumPy calls, which hold the GIL and serialise worker threads.
@@ -193,7 +188,7 @@ def _forward(x, w, b, stride, padding, dilation, rounding, layer, relu):
     hp, wp = padded_hw((h, wd), (oh, ow), (kh, kw), stride, padding, dilation)
     if xp is np and kernels.enabled() and kernels_winograd.applies(x.shape, w.shape, stride, dilation, dtype):
         out, wcache, mask = kernels_winograd.forward(x, w, b, padding, (oh, ow), relu)
-        cache = (wcache.xh, x.dtype, w, b is not None, stride, padding, dilation, (oh, ow), (hp, wp), wcache, None)
+        cache = (wcache.xh, x.dtype, w, b is not None, stride, padding, dilation, (oh, ow), (hp, wp), wcache)
         return out, cache, mask
     xh = x.transpose(0, 2, 3, 1).astype(dtype, copy=False)          # NHWC view, no copy if x is
     wm = w.transpose(2, 3, 1, 0).reshape(kh * kw * c, k).astype(dtype, copy=False)  # rows (u, v, c)
@@ -205,7 +200,6 @@ def _forward(x, w, b, stride, padding, dilation, rounding, layer, relu):
     workers = _workers(xp, n, n * oh * ow * kh * kw * c * dtype.itemsize)
 
     planes = c < SMALL_CHANNELS
-    kept = {} if planes and n * oh * ow * kh * kw * c * dtype.itemsize <= KEEP_COLS_BYTES else None
 
     def run(start, stop):  # images start:stop, chunk by chunk, with this thread's own buffers
         if planes:
@@ -219,12 +213,8 @@ def _forward(x, w, b, stride, padding, dilation, rounding, layer, relu):
             n1 = min(n0 + nb, stop)
             oc = out[n0:n1].reshape(-1, k)
             if planes:
-                if kept is not None:  # a fresh buffer per chunk, kept for backward (keys differ per thread)
-                    pbuf = xp.empty_like(pbuf)
                 cols_t = _plane_matrix(x, n0, n1, frame, pbuf, (kh, kw), stride, dilation, padding, (oh, ow))
                 xp.matmul(cols_t.T, wm, out=oc)
-                if kept is not None:
-                    kept[(n0, n1)] = cols_t
             else:
                 xc = _framed(xh[n0:n1], xbuf, padding[0], padding[1])
                 cols = _im2col_matrix(windows_nhwc(xc, (kh, kw), stride, dilation, (oh, ow)), cbuf)
@@ -242,7 +232,7 @@ def _forward(x, w, b, stride, padding, dilation, rounding, layer, relu):
                 xp.maximum(oc, 0, out=oc)  # keeps NaN
 
     _split(run, n, workers)
-    cache = (xh, x.dtype, w, b is not None, stride, padding, dilation, (oh, ow), (hp, wp), None, kept)
+    cache = (xh, x.dtype, w, b is not None, stride, padding, dilation, (oh, ow), (hp, wp), None)
     return out.transpose(0, 3, 1, 2), cache, (mask.transpose(0, 3, 1, 2) if relu else None)
 
 
@@ -258,8 +248,7 @@ def conv2d_backward(dout, cache, dx_method: str = "auto", input_grad: bool = Tru
     "col2im" otherwise. A forward that ran as Winograd (see the module docstring) is
     differentiated in the Winograd domain too, unless another ``dx_method`` is asked for.
     """
-    xh, x_dtype, w, has_bias, stride, padding, dilation, (oh, ow), (hp, wp), wcache, kept = cache
-    kept = kept or {}
+    xh, x_dtype, w, has_bias, stride, padding, dilation, (oh, ow), (hp, wp), wcache = cache
     if dx_method not in DX_METHODS:
         raise ValueError(f"dx_method must be one of {DX_METHODS}, got {dx_method!r}")
     if wcache is not None and dx_method == "auto":
@@ -314,11 +303,8 @@ def conv2d_backward(dout, cache, dx_method: str = "auto", input_grad: bool = Tru
             if has_bias:
                 db += sum_rows(dmat)
             if small:
-                cols_t = kept.pop((n0, n1), None)
-                if cols_t is None:  # not kept by forward, or chunked differently: build it again
-                    cols_t = _plane_matrix(x_nchw, n0, n1, frame, pbuf, (kh, kw), stride, dilation, padding,
-                                           (oh, ow))
-                dwm += cols_t @ dmat
+                dwm += _plane_matrix(x_nchw, n0, n1, frame, pbuf, (kh, kw), stride, dilation, padding,
+                                     (oh, ow)) @ dmat
             else:
                 xc = _framed(xh[n0:n1], xbuf, padding[0], padding[1])
                 cols = _im2col_matrix(windows_nhwc(xc, (kh, kw), stride, dilation, (oh, ow)), cbuf)
