@@ -17,7 +17,7 @@ from convnp.layers.activation import ReLU, Tanh
 from convnp.layers.conv import Conv2d
 from convnp.layers.dropout import Dropout
 from convnp.layers.linear import Flatten, Linear
-from convnp.layers.norm import BatchNorm2d
+from convnp.layers.norm import BatchNorm1d, BatchNorm2d
 from convnp.layers.pool import AvgPool2d, MaxPool2d
 from convnp.nets.sequential import Sequential
 from convnp.ops import activation as act_ops
@@ -432,6 +432,62 @@ def test_avgpool_keeps_working_on_channels_last():
     x = np.random.default_rng(0).standard_normal((2, 3, 6, 6)).astype(np.float32)
     a, b = AvgPool2d(2), AvgPool2d(2)
     np.testing.assert_allclose(a.forward(channels_last(x)), b.forward(x), rtol=1e-6)
+
+
+# --- BatchNorm: compiled passes over the (M, C) matrix ------------------------------------------------------
+@pytest.mark.parametrize("shape, layout", [((6, 5, 7, 3), "channels_last"), ((6, 5, 7, 3), "nchw"),
+                                           ((9, 4), "nchw"), ((2, 3, 1, 1), "channels_last")])
+@pytest.mark.parametrize("train", [True, False])
+@pytest.mark.parametrize("affine", [True, False])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("n_threads", [1, 2])
+def test_batchnorm_paths_equal_torch(shape, layout, train, affine, dtype, n_threads, monkeypatch, kernel_mode):
+    """Both BN paths (numba on channels-last or (N, C) memory, NumPy otherwise), rows split over threads."""
+    torch = _torch()
+    import convnp.ops.norm as norm_ops
+
+    monkeypatch.setattr(norm_ops, "PARALLEL_BN_SIZE", 1)  # split even these small inputs
+    calls = []
+    for name in ("_batchnorm_forward_compiled", "_batchnorm_backward_compiled"):
+        original = getattr(norm_ops, name)
+        monkeypatch.setattr(norm_ops, name, lambda *a, _f=original, _n=name: calls.append(_n) or _f(*a))
+    rng = np.random.default_rng(len(shape))
+    x = (3 * rng.standard_normal(shape) + 1).astype(dtype)
+    dout = rng.standard_normal(shape).astype(dtype)
+    if layout == "channels_last":
+        x, dout = channels_last(x), channels_last(dout)
+    cls, tcls = (BatchNorm2d, torch.nn.BatchNorm2d) if len(shape) == 4 else (BatchNorm1d, torch.nn.BatchNorm1d)
+    layer = cls(shape[1], affine=affine, dtype=dtype)
+    tlayer = tcls(shape[1], affine=affine).to(torch.float64 if dtype == "float64" else torch.float32)
+    if affine:
+        layer.params["weight"][:] = rng.standard_normal(shape[1])
+        layer.params["bias"][:] = rng.standard_normal(shape[1])
+        with torch.no_grad():
+            tlayer.weight.copy_(torch.from_numpy(layer.params["weight"]))
+            tlayer.bias.copy_(torch.from_numpy(layer.params["bias"]))
+    if not train:
+        layer.buffers["running_mean"][:] = tlayer.running_mean.numpy()[:] = rng.standard_normal(shape[1])
+        layer.buffers["running_var"][:] = tlayer.running_var.numpy()[:] = rng.random(shape[1]) + 0.5
+    tlayer.train(train)
+    tx = torch.from_numpy(np.ascontiguousarray(x)).requires_grad_()
+    tout = tlayer(tx)
+    tout.backward(torch.from_numpy(np.ascontiguousarray(dout)))
+    with threads.num_threads(n_threads):
+        out = layer.forward(x, train=train)
+        dx = layer.backward(dout)
+    tol = dict(rtol=1e-4, atol=1e-4) if dtype == "float32" else dict(rtol=1e-10, atol=1e-10)
+    np.testing.assert_allclose(out, tout.detach().numpy(), **tol)
+    np.testing.assert_allclose(dx, tx.grad.numpy(), **tol)
+    np.testing.assert_allclose(layer.buffers["running_mean"], tlayer.running_mean.numpy(), **tol)
+    np.testing.assert_allclose(layer.buffers["running_var"], tlayer.running_var.numpy(), **tol)
+    if affine:
+        np.testing.assert_allclose(layer.grads["weight"], tlayer.weight.grad.numpy(), **tol)
+        np.testing.assert_allclose(layer.grads["bias"], tlayer.bias.grad.numpy(), **tol)
+    assert out.dtype == dx.dtype == np.dtype(dtype)
+    compiled = kernel_mode == "numba" and (layout == "channels_last" or len(shape) == 2)
+    assert len(calls) == (2 if compiled else 0), calls
+    if layout == "channels_last":  # the layout carries through
+        assert out.transpose(0, 2, 3, 1).flags.c_contiguous and dx.transpose(0, 2, 3, 1).flags.c_contiguous
 
 
 # --- ReLU: one-pass kernel and layouts ----------------------------------------------------------------------

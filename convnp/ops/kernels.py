@@ -73,7 +73,7 @@ def warm() -> None:
         return
     import numpy as np  # noqa: PLC0415
 
-    from . import activation, conv, pool  # noqa: PLC0415
+    from . import activation, conv, norm, pool  # noqa: PLC0415
 
     with use("numba"):
         _warm["done"] = True
@@ -85,6 +85,11 @@ def warm() -> None:
                     pool.maxpool2d_backward(out, cache)
                 out, mask = activation.relu_forward(a)
                 activation.relu_backward(out, mask)
+            for a in (np.ones((2, 4, 4, 3), dt).transpose(0, 3, 1, 2), np.ones((4, 3), dt)):
+                for train in (True, False):  # batch norm's passes (channels-last and (N, C) memory)
+                    out, cache = norm.batchnorm_forward(a, np.ones(3, dt), np.ones(3, dt), np.zeros(3, dt),
+                                                        np.ones(3, dt), train=train)
+                    norm.batchnorm_backward(out, cache)
             for c in (3, 16):  # the planes path (few channels) and Winograd
                 w = np.ones((16, c, 3, 3), dt)
                 out, cache, _ = conv.conv2d_relu_forward(np.ones((1, c, 4, 4), dt), w, np.ones(16, dt), 1, 1)
@@ -114,6 +119,8 @@ def name() -> str:
 # --- the kernels ------------------------------------------------------------------------------------
 if _numba is not None:
     import math as _math
+
+    import numpy as np
 
     _np_inf = _math.inf
     _jit = _numba.njit(nogil=True, cache=True, fastmath=False, boundscheck=False)
@@ -274,6 +281,50 @@ if _numba is not None:
                                     g = dout[n, i, j, k] if switches[n, i, j, k] == t else zero
                                     dx[n, r, q, k] += g
                             t += 1
+
+
+    @_jit
+    def bn_centered_squares(x, mean, lo, hi, out):
+        """out[k] = sum over rows lo:hi of (x[i, k] - mean[k])^2, accumulated in float64; x (M, C)."""
+        c = x.shape[1]
+        for k in range(c):
+            out[k] = 0.0
+        for i in range(lo, hi):
+            for k in range(c):
+                d = np.float64(x[i, k]) - mean[k]
+                out[k] += d * d
+
+    @_jit
+    def bn_apply(x, mean, inv_std, scale, shift, lo, hi, xhat, out):
+        """Rows lo:hi: xhat = (x - mean) * inv_std and out = xhat * scale + shift, per channel."""
+        c = x.shape[1]
+        for i in range(lo, hi):
+            for k in range(c):
+                h = (x[i, k] - mean[k]) * inv_std[k]
+                xhat[i, k] = h
+                out[i, k] = h * scale[k] + shift[k]
+
+    @_jit
+    def bn_grad_sums(dout, xhat, lo, hi, dsum, dxsum):
+        """Rows lo:hi: dsum[k] = sum of dout, dxsum[k] = sum of dout * xhat (float64 accumulators)."""
+        c = dout.shape[1]
+        for k in range(c):
+            dsum[k] = 0.0
+            dxsum[k] = 0.0
+        for i in range(lo, hi):
+            for k in range(c):
+                g = np.float64(dout[i, k])
+                dsum[k] += g
+                dxsum[k] += g * xhat[i, k]
+
+    @_jit
+    def bn_input_grad(dout, xhat, coef, m, dsum, dxsum, lo, hi, dx):
+        """Rows lo:hi: dx = coef * (m * dout - dsum - xhat * dxsum), per channel (training: m values per
+        channel; evaluation: m = 1 and zero sums, so dx = coef * dout)."""
+        c = dout.shape[1]
+        for i in range(lo, hi):
+            for k in range(c):
+                dx[i, k] = coef[k] * (m * dout[i, k] - dsum[k] - xhat[i, k] * dxsum[k])
 
 
 # --- helpers for the ops ----------------------------------------------------------------------------

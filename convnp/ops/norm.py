@@ -17,8 +17,15 @@ with zeros outside the channel range.
 
 from __future__ import annotations
 
+import numpy as np
+
+from ..threads import get_num_threads, in_parallel_region, parallel_map
+from . import kernels
 from .backend import array_module
-from .reduce import channel_sums
+from .reduce import channel_sums, sum_rows
+
+#: Batch norm's compiled path splits its rows over the worker threads above this many numbers.
+PARALLEL_BN_SIZE = 1 << 16
 
 
 def _per_channel(v, x):
@@ -39,6 +46,9 @@ def batchnorm_forward(x, weight, bias, running_mean, running_var, eps: float = 1
     """
     xp = array_module(x)
     count = x.size // x.shape[1]
+    rows = _rows(x) if count and _compiled(x) else None
+    if rows is not None:
+        return _batchnorm_forward_compiled(x, rows, weight, bias, running_mean, running_var, eps, train, count)
     if train and count:
         mean = channel_sums(x) / x.dtype.type(count)
         xc = x - _per_channel(mean, x)
@@ -71,6 +81,10 @@ def batchnorm_backward(dout, cache):
         dx = inv_std / m * (m * g - sum(g) - xhat * sum(g * xhat))
     """
     xhat, inv_std, weight = cache["xhat"], cache["inv_std"], cache["weight"]
+    if cache["count"] and _compiled(dout, xhat):
+        rows_d, rows_h = _rows(dout), _rows(xhat)
+        if rows_d is not None and rows_h is not None:
+            return _batchnorm_backward_compiled(dout, rows_d, rows_h, cache)
     dbias = channel_sums(dout) if cache["has_bias"] else None
     dweight = channel_sums(dout * xhat) if weight is not None else None
     g = dout * _per_channel(weight, dout) if weight is not None else dout
@@ -82,6 +96,93 @@ def batchnorm_backward(dout, cache):
         m = cache["count"]
         dx = _per_channel(inv_std / m, dout) * (
             m * g - channel_sums(g, keepdims=True) - xhat * channel_sums(g * xhat, keepdims=True))
+    return dx, dweight, dbias
+
+
+def _compiled(*arrays) -> bool:
+    return (kernels.enabled() and all(array_module(a) is np for a in arrays) and kernels.compiled_dtype(*arrays)
+            and len({a.dtype for a in arrays}) == 1)
+
+
+def _rows(a):
+    """The (M, C) matrix over ``a``'s memory: a C-contiguous (N, C), or (N, C, *) held channels-last
+    (a convolution's output); None for other layouts."""
+    if a.ndim == 2:
+        return a if a.flags.c_contiguous else None
+    last = a.transpose(0, *range(2, a.ndim), 1)
+    return last.reshape(-1, a.shape[1]) if last.flags.c_contiguous else None
+
+
+def _over_rows(fn, m: int, c: int) -> list:
+    """[fn(lo, hi)] over contiguous row ranges of an (m, c) matrix, split over the worker threads."""
+    parts = get_num_threads() if m * c >= PARALLEL_BN_SIZE and not in_parallel_region() else 1
+    parts = max(1, min(parts, m))
+    bounds = [m * i // parts for i in range(parts + 1)]
+    return parallel_map(lambda i, _worker: fn(bounds[i], bounds[i + 1]), parts)
+
+
+def _batchnorm_forward_compiled(x, rows, weight, bias, running_mean, running_var, eps, train, count):
+    """``batchnorm_forward`` with the numba kernels on the (M, C) matrix: one pass for the centered
+    squares, one for xhat and the output, both split over the threads; same cache."""
+    m, c = rows.shape
+    dt = x.dtype
+    if train:
+        mean = sum_rows(rows) / dt.type(count)
+        mean64 = mean.astype(np.float64)
+        parts = _over_rows(lambda lo, hi: _squares(rows, mean64, lo, hi), m, c)
+        var = (np.sum(parts, axis=0) / count).astype(dt)
+    else:
+        mean, var = np.asarray(running_mean, dtype=dt), np.asarray(running_var, dtype=dt)
+    inv_std = (1.0 / np.sqrt(var + eps)).astype(dt)
+    scale = np.ones(c, dt) if weight is None else np.asarray(weight, dtype=dt)
+    shift = np.zeros(c, dt) if bias is None else np.asarray(bias, dtype=dt)
+    xhat, out = np.empty_like(x), np.empty_like(x)     # the same memory layout as x
+    hrows, orows = _rows(xhat), _rows(out)
+    _over_rows(lambda lo, hi: kernels.bn_apply(rows, mean, inv_std, scale, shift, lo, hi, hrows, orows), m, c)
+    cache = {"xhat": xhat, "inv_std": inv_std, "weight": weight, "has_bias": bias is not None,
+             "train": bool(train), "mean": mean, "var": var, "count": count}
+    return out, cache
+
+
+def _squares(rows, mean64, lo, hi):
+    out = np.empty(rows.shape[1], np.float64)
+    kernels.bn_centered_squares(rows, mean64, lo, hi, out)
+    return out
+
+
+def _grad_sums(d, h, lo, hi):
+    dsum, dxsum = np.empty(d.shape[1], np.float64), np.empty(d.shape[1], np.float64)
+    kernels.bn_grad_sums(d, h, lo, hi, dsum, dxsum)
+    return dsum, dxsum
+
+
+def _batchnorm_backward_compiled(dout, d, h, cache):
+    """``batchnorm_backward`` with the numba kernels: one pass for sum(dout) and sum(dout * xhat),
+    one for dx = weight * inv_std / m * (m * dout - sum(dout) - xhat * sum(dout * xhat))."""
+    m, c = d.shape
+    dt = dout.dtype
+    weight, inv_std = cache["weight"], cache["inv_std"]
+    parts = _over_rows(lambda lo, hi: _grad_sums(d, h, lo, hi), m, c)
+    dsum64 = np.sum([p[0] for p in parts], axis=0)
+    dxsum64 = np.sum([p[1] for p in parts], axis=0)
+    w = np.ones(c, np.float64) if weight is None else np.asarray(weight, np.float64)
+    if cache["train"]:
+        count = cache["count"]
+        coef = (w * inv_std / count).astype(dt)
+        scale, dsum, dxsum = float(count), dsum64.astype(dt), dxsum64.astype(dt)
+    else:
+        coef = (w * inv_std).astype(dt)
+        scale, dsum, dxsum = 1.0, np.zeros(c, dt), np.zeros(c, dt)
+    dx = np.empty_like(dout)
+    drows = _rows(dx)
+    if drows is None:  # dout's layout did not carry over: compute into an (M, C) matrix, then view it
+        dx = np.empty((m, c), dt)
+        drows = dx
+    _over_rows(lambda lo, hi: kernels.bn_input_grad(d, h, coef, dt.type(scale), dsum, dxsum, lo, hi, drows), m, c)
+    if dx.ndim == 2 and dout.ndim != 2:
+        dx = dx.reshape(dout.shape[0], *dout.shape[2:], c).transpose(0, dout.ndim - 1, *range(1, dout.ndim - 1))
+    dweight = dxsum64.astype(dt) if weight is not None else None
+    dbias = dsum64.astype(dt) if cache["has_bias"] else None
     return dx, dweight, dbias
 
 
