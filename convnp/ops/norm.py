@@ -22,6 +22,7 @@ import numpy as np
 from ..threads import get_num_threads, in_parallel_region, parallel_map
 from . import kernels
 from .backend import array_module
+from .reduce import channel_matrix as _rows
 from .reduce import channel_sums, sum_rows
 
 #: Batch norm's compiled path splits its rows over the worker threads above this many numbers.
@@ -104,15 +105,6 @@ def _compiled(*arrays) -> bool:
             and len({a.dtype for a in arrays}) == 1)
 
 
-def _rows(a):
-    """The (M, C) matrix over ``a``'s memory: a C-contiguous (N, C), or (N, C, *) held channels-last
-    (a convolution's output); None for other layouts."""
-    if a.ndim == 2:
-        return a if a.flags.c_contiguous else None
-    last = a.transpose(0, *range(2, a.ndim), 1)
-    return last.reshape(-1, a.shape[1]) if last.flags.c_contiguous else None
-
-
 def _over_rows(fn, m: int, c: int) -> list:
     """[fn(lo, hi)] over contiguous row ranges of an (m, c) matrix, split over the worker threads."""
     parts = get_num_threads() if m * c >= PARALLEL_BN_SIZE and not in_parallel_region() else 1
@@ -173,14 +165,9 @@ def _batchnorm_backward_compiled(dout, d, h, cache):
     else:
         coef = (w * inv_std).astype(dt)
         scale, dsum, dxsum = 1.0, np.zeros(c, dt), np.zeros(c, dt)
-    dx = np.empty_like(dout)
+    dx = np.empty_like(dout)       # dout's (M, C) layout, so dx has one too
     drows = _rows(dx)
-    if drows is None:  # dout's layout did not carry over: compute into an (M, C) matrix, then view it
-        dx = np.empty((m, c), dt)
-        drows = dx
     _over_rows(lambda lo, hi: kernels.bn_input_grad(d, h, coef, dt.type(scale), dsum, dxsum, lo, hi, drows), m, c)
-    if dx.ndim == 2 and dout.ndim != 2:
-        dx = dx.reshape(dout.shape[0], *dout.shape[2:], c).transpose(0, dout.ndim - 1, *range(1, dout.ndim - 1))
     dweight = dxsum64.astype(dt) if weight is not None else None
     dbias = dsum64.astype(dt) if cache["has_bias"] else None
     return dx, dweight, dbias

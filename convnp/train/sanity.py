@@ -71,7 +71,7 @@ def gradient_check(net, x, y, samples: int = 5, h: float = 1e-5, tol: float = 1e
     has zero biases, which puts ReLU inputs exactly on the kink where the numerical gradient is
     meaningless (the notes' "kinks" caveat); a small jitter of the input moves them off it. An
     identity init (``cifar_fast``) copies exact zeros from one ReLU to the next whatever the input,
-    so the parameters of the float64 copy are jittered too (by 1e-3 of their RMS).
+    so the parameters of the float64 copy are jittered too (by 1e-2 of their RMS).
     """
     model = clone(net, np.float64)
     rng = np.random.default_rng(seed)
