@@ -3,7 +3,7 @@
 Default size: batch 128, 32x32 input, 32 -> 32 channels, 3x3, padding 1 (a layer of the small
 CIFAR net). Both libraries get the same number of threads (default: all cores; convnp's via
 ``convnp.threads``, which also sets NumPy's BLAS). The two are timed alternately (warm-up, then
-turns of a pause and a short block of consecutive steps, ``convnp.bench.time_alternating``;
+turns of a pause and a short block of consecutive steps, ``convnp.app.bench.time_alternating``;
 the median of several repeats), and their outputs and gradients are checked to agree before
 any timing.
 
@@ -57,7 +57,7 @@ import numpy as np
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 import convnp.ops.conv as conv_ops
-from convnp.bench import time_alternating
+from convnp.app.bench import time_alternating
 from convnp.ops import kernels
 from convnp import threads
 from convnp.layers.conv import Conv2d
@@ -161,7 +161,7 @@ def main() -> int:
         steps["torch, channels_last"] = torch_channels_last
 
     # Each turn: a pause (the other library's spinning threads go to sleep), one untimed step to
-    # wake the worker threads, then a short block of timed steps (see convnp.bench.time_alternating).
+    # wake the worker threads, then a short block of timed steps (see convnp.app.bench.time_alternating).
     times = time_alternating(steps, args.warmup, args.repeats, args.pause)
 
     med = {name: statistics.median(v) * 1e3 for name, v in times.items()}

@@ -47,7 +47,7 @@ def _net(name):
 
         return get_model(name, rng=0)
     except (ImportError, KeyError, ValueError):  # no zoo (or not this model): the same net from its spec
-        from convnp.spec import parse
+        from convnp.notation.spec import parse
 
         return parse(SPEC, rng=0)
 

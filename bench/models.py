@@ -19,7 +19,7 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from convnp import bench  # noqa: E402
+from convnp.app import bench  # noqa: E402
 from convnp.ops import kernels  # noqa: E402
 from convnp.threads import get_num_threads  # noqa: E402
 

@@ -7,14 +7,14 @@ test_onnx.py (export); here are its own pieces, each checked against what it cla
 import numpy as np
 import pytest
 
-from convnp.bench import check_agreement, off_kinks, to_torch
+from convnp.app.bench import check_agreement, off_kinks, to_torch
 from convnp.data.datasets import ArrayDataset
 from convnp.data.transforms import Normalize
 from convnp.errors import ShapeError
 from convnp.layers.conv import Conv2d
 from convnp.models import get_model, model_info, patch_whitening_filters, whiten_first_conv
 from convnp.models.cifar_fast import dirac_
-from convnp.train.run import data_init
+from convnp.app.run import data_init
 
 
 def _images(n=64, c=3, size=12, seed=0):

@@ -13,7 +13,7 @@ SPEC = "INPUT[8x8x1] -> CONV3-8 -> RELU -> POOL2 -> FC-10"
 
 
 def run(*args, check=True):
-    proc = subprocess.run([sys.executable, "-m", "convnp.cli", *args], capture_output=True, text=True, timeout=300)
+    proc = subprocess.run([sys.executable, "-m", "convnp", *args], capture_output=True, text=True, timeout=300)
     if check:
         assert proc.returncode == 0, proc.stderr
     return proc

@@ -1,4 +1,4 @@
-"""convnp.convert: FC -> CONV conversion, total stride, dense evaluation against every crop."""
+"""convnp.notation.convert: FC -> CONV conversion, total stride, dense evaluation against every crop."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from convnp.convert import dense_eval, to_fully_convolutional, total_stride
+from convnp.notation.convert import dense_eval, to_fully_convolutional, total_stride
 from convnp.errors import ConfigError, ShapeError
 from convnp.layers.activation import ReLU
 from convnp.layers.conv import Conv2d
@@ -18,7 +18,7 @@ from convnp.layers.norm import BatchNorm1d
 from convnp.layers.pool import AvgPool2d, GlobalAvgPool2d, MaxPool2d
 from convnp.nets.graph import Add, Graph
 from convnp.nets.sequential import Sequential
-from convnp.spec import parse
+from convnp.notation.spec import parse
 
 from .test_summary import alexnet_torchvision, vgg16
 

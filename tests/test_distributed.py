@@ -110,7 +110,7 @@ def _augment():
 def _parts(spec, dtype):
     from convnp.losses import SoftmaxCrossEntropy
     from convnp.optim import get_optimizer, get_schedule
-    from convnp.spec import parse
+    from convnp.notation.spec import parse
 
     net = spec(dtype) if callable(spec) else parse(spec, rng=7, dtype=dtype)
     opt = get_optimizer("nesterov", lr=0.05, weight_decay=1e-3)
@@ -277,7 +277,7 @@ def _worker_cli(args: list) -> None:
 
     out.mkdir(parents=True, exist_ok=True)
     (out / f"rank{MPI.COMM_WORLD.Get_rank()}.pid").write_text(str(os.getpid()))
-    from convnp.cli import main
+    from convnp.app.cli import main
 
     sys.exit(main(args))
 
@@ -422,7 +422,7 @@ def test_lr_scaling_cost_model_and_config_checks():
     assert ring_allreduce_time(1e6, 4, 1e9, 1e-5) == pytest.approx(1.56e-3)
     p = predict_step(1e-3, 64, 1e6, 4, 1e9, 1e-5)
     assert p["step_s"] == pytest.approx(0.064 + 1.56e-3) and p["efficiency"] == pytest.approx(0.064 / p["step_s"])
-    from convnp.train.run import RunConfig, train_run
+    from convnp.app.run import RunConfig, train_run
 
     with pytest.raises(ConfigError, match="only apply to data-parallel training"):
         train_run(RunConfig(data="digits", sync_bn=True))
@@ -471,7 +471,7 @@ def test_two_ranks_equal_one_process(tmp_path):
 
 def _cli_args(out, *extra):
     # 32 per rank: a global batch of 64 (22 steps per epoch), lr x 2 (the linear rule), warm-up from lr / 2
-    return ["-m", "convnp.cli", "train", "--data", "digits", "--model", CLI_SPEC, "--epochs", "2",
+    return ["-m", "convnp", "train", "--data", "digits", "--model", CLI_SPEC, "--epochs", "2",
             "--batch-size", "32", "--per-rank-batch", "--lr-scale", "linear", "--warmup-start", "0.5",
             "--no-augment", "--quiet", "--no-report", "--checkpoint-every", "5", "--distributed",
             "--out", str(out), *extra]

@@ -1,4 +1,4 @@
-"""convnp.memory: the peak estimate against tracemalloc, fit_batch_size, parse_bytes."""
+"""convnp.inspect.memory: the peak estimate against tracemalloc, fit_batch_size, parse_bytes."""
 
 from __future__ import annotations
 
@@ -14,11 +14,11 @@ from convnp.layers.activation import ReLU
 from convnp.layers.conv import Conv2d
 from convnp.layers.linear import Flatten, Linear
 from convnp.layers.pool import GlobalAvgPool2d
-from convnp.memory import estimate_peak, fit_batch_size, measure_peak, parse_bytes
+from convnp.inspect.memory import estimate_peak, fit_batch_size, measure_peak, parse_bytes
 from convnp.nets.graph import Add, Graph
 from convnp.nets.sequential import Sequential
-from convnp.spec import parse
-from convnp.summary import summary
+from convnp.notation.spec import parse
+from convnp.inspect.summary import summary
 
 CS231N_3LAYER = "INPUT[32x32x3] -> CONV7-32 -> RELU -> POOL2 -> FC-100 -> RELU -> FC-10"
 CIFAR_SMALL = ("INPUT[32x32x3] -> [CONV3-32 -> RELU]*2 -> POOL2 -> [CONV3-64 -> RELU]*2 -> POOL2 -> FC-256 -> RELU "

@@ -10,8 +10,9 @@ import threading
 import numpy as np
 import pytest
 
-from convnp import engine, threads
-from convnp.bench import to_torch
+from convnp import threads
+from convnp.nets import engine
+from convnp.app.bench import to_torch
 from convnp.errors import ConfigError, ShapeError, StateError
 from convnp.layers.activation import ReLU, Tanh
 from convnp.layers.conv import Conv2d

@@ -103,7 +103,7 @@ def parse_page(path) -> PageParser:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory):
     pytest.importorskip("sklearn", reason="the digits dataset comes from scikit-learn")
-    from convnp.train.run import RunConfig, train_run
+    from convnp.app.run import RunConfig, train_run
 
     out = tmp_path_factory.mktemp("report_run")
     train_run(RunConfig(data="digits", epochs=2, out_dir=str(out)), progress=False)

@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from convnp.errors import ConfigError, ShapeError
 from convnp.nets.graph import Add, Graph
 from convnp.nets.sequential import Sequential
-from convnp.spec import SpecError, parse, to_spec
+from convnp.notation.spec import SpecError, parse, to_spec
 
 BRIEF = "INPUT[32x32x3] -> [CONV3-32 -> RELU]*2 -> POOL2 -> [CONV3-64 -> RELU]*2 -> POOL2 -> FC-256 -> RELU -> FC-10"
 

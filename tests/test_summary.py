@@ -1,4 +1,4 @@
-"""convnp.summary: the notes' VGG-16 table row by row, AlexNet, per-layer costs, memory bookkeeping."""
+"""convnp.inspect.summary: the notes' VGG-16 table row by row, AlexNet, per-layer costs, memory bookkeeping."""
 
 from __future__ import annotations
 
@@ -20,8 +20,8 @@ from convnp.layers.norm import BatchNorm2d, LocalResponseNorm
 from convnp.layers.pool import AvgPool2d, GlobalAvgPool2d, MaxPool2d
 from convnp.nets.graph import Add, Concat, Graph
 from convnp.nets.sequential import Sequential
-from convnp.spec import parse
-from convnp.summary import (
+from convnp.notation.spec import parse
+from convnp.inspect.summary import (
     NOTES_VGG16,
     format_bytes,
     layer_costs,

@@ -9,7 +9,7 @@ import time
 import numpy as np
 import pytest
 
-from convnp.train.run import RunConfig, train_run
+from convnp.app.run import RunConfig, train_run
 from convnp.train.sanity import sanity_checks
 from convnp.train.trainer import TrainingError
 
@@ -72,7 +72,7 @@ def test_resume_after_exception_is_bit_identical(tmp_path, monkeypatch):
 
 
 def test_resume_after_sigkill_is_bit_identical(tmp_path):
-    args = [sys.executable, "-m", "convnp.cli", "train", "--data", "digits", "--model", SPEC, "--epochs", "3",
+    args = [sys.executable, "-m", "convnp", "train", "--data", "digits", "--model", SPEC, "--epochs", "3",
             "--batch-size", "32", "--no-augment", "--quiet", "--checkpoint-every", "5"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
     subprocess.run(args + ["--out", str(tmp_path / "full")], check=True, env=env, capture_output=True)

@@ -505,7 +505,7 @@ def export_model(model, out, input_shape=None, opset: int = DEFAULT_OPSET, num_c
     ``num_classes`` applies to zoo names. The exported graph takes what ``net.forward`` takes:
     for a saved model, inputs normalised with the recorded mean/std.
     """
-    from ..summary import parse_input_shape
+    from ..inspect.summary import parse_input_shape
 
     if format != "onnx":
         raise ConfigError(f"export: format must be 'onnx' (the only export format), got {format!r}")

@@ -149,7 +149,7 @@ def build_model(model: str, input_shape=None, num_classes: int | None = None, rn
     to ``input_shape``; a net that still does not fit raises the ShapeError of the failing layer.
     """
     if "->" in model:
-        from ..spec import parse  # noqa: PLC0415 - the spec parser imports every layer
+        from ..notation.spec import parse  # noqa: PLC0415 - the spec parser imports every layer
 
         net = parse(model, input_shape=input_shape, rng=rng)
         shape = tuple(input_shape) if input_shape is not None else net.input_shape

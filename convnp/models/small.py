@@ -15,7 +15,7 @@ Both are flat Sequentials built by ``convnp.spec.parse`` (names ``0.weight``, ``
 
 from __future__ import annotations
 
-from ..spec import parse
+from ..notation.spec import parse
 from .common import check_bool, check_int, check_prob
 from .registry import register
 

@@ -6,7 +6,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from ..engine import backward_steps, forward_chain, forward_steps, plan, worth_sharding
+from .engine import backward_steps, forward_chain, forward_steps, plan, worth_sharding
 from ..errors import ConfigError, ShapeError
 from ..layers.base import Layer
 from ..layers.base import layer_from_config, layer_to_config
@@ -185,6 +185,6 @@ class Sequential(Container):
 
     def spec(self, input_shape=None) -> str:
         """This net in the notes' layer-pattern notation (see ``convnp.spec``)."""
-        from ..spec import to_spec  # noqa: PLC0415 - spec imports this module
+        from ..notation.spec import to_spec  # noqa: PLC0415 - spec imports this module
 
         return to_spec(self, input_shape=input_shape)

@@ -111,7 +111,7 @@ def _net_from_checkpoint(path: Path, config: dict):
     from ..data import load_dataset  # noqa: PLC0415
     from ..data.transforms import Normalize  # noqa: PLC0415
     from ..train.checkpoint import load_checkpoint  # noqa: PLC0415
-    from ..train.run import build_net  # noqa: PLC0415
+    from ..app.run import build_net  # noqa: PLC0415
 
     arrays, meta = load_checkpoint(path)
     cfg = config or meta.get("config") or {}
@@ -349,7 +349,7 @@ def _section_saliency(net, x_norm, x_raw, y, pred, probs, examples, classes, pat
 
 def _section_summary(net, input_shape, optimizer, batch_size) -> str:
     try:
-        from ..summary import OPTIMIZER_SLOTS, format_bytes, summary  # noqa: PLC0415
+        from ..inspect.summary import OPTIMIZER_SLOTS, format_bytes, summary  # noqa: PLC0415
     except ImportError:
         return _note("convnp.summary is not available in this version.") + f"<pre>{_e(repr(net))}</pre>"
     opt = optimizer if str(optimizer).lower() in OPTIMIZER_SLOTS else "sgd"

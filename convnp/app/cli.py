@@ -7,7 +7,7 @@ import sys
 
 
 def _cmd_train(args) -> int:
-    from .train.run import RunConfig, train_run
+    from .run import RunConfig, train_run
 
     cfg = RunConfig(data=args.data, model=args.model, epochs=args.epochs, batch_size=args.batch_size,
                     optimizer=args.optimizer, lr=args.lr, weight_decay=args.weight_decay, schedule=args.schedule,
@@ -24,7 +24,7 @@ def _cmd_train(args) -> int:
           f"{result['train_time']:.0f}s of training)")
     print(f"outputs: {result['out_dir']} (model.safetensors, checkpoint.safetensors, history.json)")
     if not args.no_report:
-        from .report import MissingDependencyError, build_report
+        from ..report import MissingDependencyError, build_report
 
         try:
             print(f"report: {build_report(result['out_dir'])}")
@@ -34,7 +34,7 @@ def _cmd_train(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from .report import build_report
+    from ..report import build_report
 
     path = build_report(args.run_dir, out=args.out, dataset=args.data, num_images=args.num_images,
                         layers=args.layers, eval_limit=args.eval_limit)
@@ -43,7 +43,7 @@ def _cmd_report(args) -> int:
 
 
 def _load_with_meta(path):
-    from .io.model_file import load_model
+    from ..io.model_file import load_model
 
     return load_model(path, with_meta=True)
 
@@ -51,9 +51,9 @@ def _load_with_meta(path):
 def _cmd_eval(args) -> int:
     import numpy as np
 
-    from .data import DataLoader, load_dataset
-    from .data.transforms import Normalize
-    from .losses import SoftmaxCrossEntropy
+    from ..data import DataLoader, load_dataset
+    from ..data.transforms import Normalize
+    from ..losses import SoftmaxCrossEntropy
 
     net, extra = _load_with_meta(args.model)
     data = args.data or extra.get("dataset")
@@ -81,7 +81,7 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_data(args) -> int:
-    from .data import fetch, info
+    from ..data import fetch, info
 
     if args.action == "fetch":
         print(f"{args.name}: cached in {fetch(args.name, data_dir=args.data_dir)}")
@@ -91,8 +91,8 @@ def _cmd_data(args) -> int:
 
 
 def _cmd_summary(args) -> int:
-    from .models import build_model, list_models
-    from .summary import parse_input_shape, summary_text
+    from ..models import build_model, list_models
+    from ..inspect.summary import parse_input_shape, summary_text
 
     if args.list:
         print("\n".join(list_models()))
@@ -108,8 +108,8 @@ def _cmd_summary(args) -> int:
 def _cmd_check(args) -> int:
     import numpy as np
 
-    from .models import build_model
-    from .train.sanity import sanity_checks
+    from ..models import build_model
+    from ..train.sanity import sanity_checks
 
     net, shape = build_model(args.model, num_classes=args.classes, rng=args.seed)
     num_classes = net.output_shape(shape)[0]
@@ -119,8 +119,8 @@ def _cmd_check(args) -> int:
         y = rng.integers(0, num_classes, args.examples)
         source = "random images and labels"
     else:
-        from .data import load_dataset
-        from .data.transforms import Normalize
+        from ..data import load_dataset
+        from ..data.transforms import Normalize
 
         data = load_dataset(args.data, "train", data_dir=args.data_dir)
         norm = Normalize.from_data(data)
@@ -134,8 +134,8 @@ def _cmd_check(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from .io.onnx_export import export_model
-    from .summary import parse_input_shape
+    from ..io.onnx_export import export_model
+    from ..inspect.summary import parse_input_shape
 
     shape = parse_input_shape(args.input) if args.input else None
     path = export_model(args.model, args.out, shape, opset=args.opset, num_classes=args.classes,
@@ -273,7 +273,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    from .errors import ConvnpError
+    from ..errors import ConvnpError
 
     args = build_parser().parse_args(argv)
     try:

@@ -21,9 +21,9 @@ from __future__ import annotations
 import copy
 import threading
 
-from .errors import ShapeError, StateError
-from .ops.backend import array_module
-from .threads import get_num_threads, in_parallel_region, parallel_map
+from ..errors import ShapeError, StateError
+from ..ops.backend import array_module
+from ..threads import get_num_threads, in_parallel_region, parallel_map
 
 #: Shards per worker thread. More shards balance a busy core better (a worker that gets less of
 #: the machine takes fewer shards); fewer shards have less Python overhead and bigger matrices.
@@ -112,7 +112,7 @@ def forward_chain(named: list, x, train: bool):
                 continue
             x = layer.forward(x, train=train)
         except ShapeError as err:
-            from .nets.container import relocate  # noqa: PLC0415 - container imports the layers
+            from .container import relocate  # noqa: PLC0415 - container imports the layers
 
             relocate(err, name)
         i += 1
@@ -212,7 +212,7 @@ def backward_segment(seg: _Segment, dout, start=None):
     finish), so a step gives bit-identical results every time it runs with the same thread count.
     """
     if tuple(dout.shape) != tuple(seg.out_shape):
-        from .nets.container import relocate  # noqa: PLC0415
+        from .container import relocate  # noqa: PLC0415
 
         relocate(ShapeError(f"dout has shape {tuple(dout.shape)} but forward produced {tuple(seg.out_shape)}"),
                  seg.names[-1])
@@ -312,7 +312,7 @@ def backward_steps(record: list, dout, input_grad: bool = True):
     Returns dx; with ``input_grad=False`` the layers before the first one with parameters are
     skipped, that one computes only its parameter gradients, and the result is None.
     """
-    from .nets.container import relocate  # noqa: PLC0415
+    from .container import relocate  # noqa: PLC0415
 
     first = None  # (step, index) of the first layer with parameters
     if not input_grad:

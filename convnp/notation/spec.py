@@ -43,8 +43,8 @@ import re
 
 import numpy as np
 
-from .errors import ConfigError, ShapeError
-from .layers.base import make_rng
+from ..errors import ConfigError, ShapeError
+from ..layers.base import make_rng
 
 __all__ = ["SpecError", "parse", "to_spec"]
 
@@ -270,12 +270,12 @@ def _expand(items: list) -> list:
 
 
 def _layer_classes():
-    from .layers.activation import ELU, LeakyReLU, ReLU, Sigmoid, Tanh  # noqa: PLC0415
-    from .layers.conv import Conv2d  # noqa: PLC0415
-    from .layers.dropout import Dropout  # noqa: PLC0415
-    from .layers.linear import Flatten, Linear  # noqa: PLC0415
-    from .layers.norm import BatchNorm1d, BatchNorm2d, LocalResponseNorm  # noqa: PLC0415
-    from .layers.pool import AvgPool2d, GlobalAvgPool2d, LPPool2d, MaxPool2d  # noqa: PLC0415
+    from ..layers.activation import ELU, LeakyReLU, ReLU, Sigmoid, Tanh  # noqa: PLC0415
+    from ..layers.conv import Conv2d  # noqa: PLC0415
+    from ..layers.dropout import Dropout  # noqa: PLC0415
+    from ..layers.linear import Flatten, Linear  # noqa: PLC0415
+    from ..layers.norm import BatchNorm1d, BatchNorm2d, LocalResponseNorm  # noqa: PLC0415
+    from ..layers.pool import AvgPool2d, GlobalAvgPool2d, LPPool2d, MaxPool2d  # noqa: PLC0415
 
     return dict(ELU=ELU, LeakyReLU=LeakyReLU, ReLU=ReLU, Sigmoid=Sigmoid, Tanh=Tanh, Conv2d=Conv2d,
                 Dropout=Dropout, Flatten=Flatten, Linear=Linear, BatchNorm1d=BatchNorm1d,
@@ -300,7 +300,7 @@ def parse(spec: str, rng=None, *, input_shape=None, dtype="float32"):
     Raises SpecError (syntax, with column and caret), ConfigError (no input shape,
     bad values) or ShapeError (sizes that do not work, naming the layer and the item).
     """
-    from .nets.sequential import Sequential  # noqa: PLC0415
+    from ..nets.sequential import Sequential  # noqa: PLC0415
 
     if not isinstance(spec, str):
         raise ConfigError(f"parse: spec must be a string, got {type(spec).__name__}")
@@ -537,8 +537,8 @@ def to_spec(net, input_shape=None) -> str:
     net's own), and ends with SOFTMAX/SVM when ``net.loss`` is set. A layer the notation
     cannot express (a Graph, a dilated conv, non-default BatchNorm ...) raises ConfigError.
     """
-    from .nets.container import Container  # noqa: PLC0415
-    from .nets.sequential import Sequential  # noqa: PLC0415
+    from ..nets.container import Container  # noqa: PLC0415
+    from ..nets.sequential import Sequential  # noqa: PLC0415
 
     if not isinstance(net, Sequential):
         raise ConfigError(f"to_spec: expected a Sequential, got {type(net).__name__}")

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from .errors import ConfigError, ShapeError
+from ..errors import ConfigError, ShapeError
 
 __all__ = ["OPTIMIZER_SLOTS", "Row", "Summary", "format_bytes", "optimizer_slots", "parse_input_shape", "summary",
            "summary_text", "trace", "volume_str"]
@@ -138,9 +138,9 @@ def trace(net, input_shape) -> tuple[list, dict]:
     a merge reading several values. Returns (nodes, {value id: shape}); ShapeErrors name the
     leaf's dotted path. Containers of other kinds are treated as one leaf.
     """
-    from .nets.container import relocate  # noqa: PLC0415
-    from .nets.graph import INPUT, Graph, Merge  # noqa: PLC0415
-    from .nets.sequential import Sequential  # noqa: PLC0415
+    from ..nets.container import relocate  # noqa: PLC0415
+    from ..nets.graph import INPUT, Graph, Merge  # noqa: PLC0415
+    from ..nets.sequential import Sequential  # noqa: PLC0415
 
     nodes: list = []
     shapes = {0: tuple(input_shape)}

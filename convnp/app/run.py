@@ -142,7 +142,7 @@ def _train_run(cfg: RunConfig, resume: bool, progress: bool, comm) -> dict:
     from ..data import transforms as T
     from ..io.model_file import save_model
     from ..optim import get_optimizer, get_schedule
-    from .trainer import Trainer
+    from ..train.trainer import Trainer
 
     rank, world = (comm.rank, comm.size) if comm is not None else (0, 1)
     out = Path(cfg.out_dir)

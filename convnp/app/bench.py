@@ -41,10 +41,10 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .errors import ConfigError
-from .ops import kernels
-from .engine import call_backward
-from .threads import blas_threads, get_num_threads, set_num_threads
+from ..errors import ConfigError
+from ..ops import kernels
+from ..nets.engine import call_backward
+from ..threads import blas_threads, get_num_threads, set_num_threads
 
 #: Relative errors allowed between the libraries in float32: outputs and loss, and parameter gradients
 #: (deep ReLU nets amplify float32 rounding where a unit sits at the kink: VGG-16 shows ~3e-3, while
@@ -125,7 +125,7 @@ def check_agreement(net, tnet, x, y) -> dict:
     """Relative errors of the outputs, the loss and every parameter gradient (evaluation mode)."""
     import torch  # noqa: PLC0415
 
-    from .losses import SoftmaxCrossEntropy  # noqa: PLC0415
+    from ..losses import SoftmaxCrossEntropy  # noqa: PLC0415
 
     tnet.eval()
     for p in tnet.parameters():
@@ -148,7 +148,7 @@ def off_kinks(net, scale: float = 1e-3, seed: int = 0):
     """A copy of ``net`` with every parameter nudged by ``scale`` x its RMS of noise, and its torch twin."""
     import copy  # noqa: PLC0415
 
-    from .train.sanity import nudge_parameters  # noqa: PLC0415
+    from ..train.sanity import nudge_parameters  # noqa: PLC0415
 
     nudged = copy.deepcopy(net)
     nudge_parameters(nudged, scale, np.random.default_rng(seed))
@@ -158,8 +158,8 @@ def off_kinks(net, scale: float = 1e-3, seed: int = 0):
 # --- steps --------------------------------------------------------------------------------------------
 def convnp_steps(net, x, y, lr: float = 0.01, momentum: float = 0.9) -> dict:
     """{"train": one SGD-momentum step, "infer": one evaluation forward} on convnp."""
-    from .losses import SoftmaxCrossEntropy  # noqa: PLC0415
-    from .optim import SGD  # noqa: PLC0415
+    from ..losses import SoftmaxCrossEntropy  # noqa: PLC0415
+    from ..optim import SGD  # noqa: PLC0415
 
     loss_fn = SoftmaxCrossEntropy()
     opt = SGD(lr=lr, momentum=momentum)
@@ -269,7 +269,7 @@ def load_text() -> str:
 def build(model, input_shape=None, rng=0):
     """(net, input shape) from a zoo name (``name:key=value``), a spec string or a net."""
     if isinstance(model, str):
-        from .models import build_model  # noqa: PLC0415
+        from ..models import build_model  # noqa: PLC0415
 
         return build_model(model, input_shape=input_shape, rng=rng)
     shape = tuple(input_shape) if input_shape is not None else getattr(model, "input_shape", None)
@@ -284,7 +284,7 @@ def bench_model(model, batch: int = 128, input_shape=None, threads: int | None =
     """Time ``model`` in convnp and PyTorch alternately; returns {mode: {library: stats}} and prints a table."""
     import torch  # noqa: PLC0415
 
-    from .summary import summary  # noqa: PLC0415
+    from ..inspect.summary import summary  # noqa: PLC0415
 
     threads = threads or get_num_threads()
     set_num_threads(threads)
@@ -349,7 +349,7 @@ def bench_model(model, batch: int = 128, input_shape=None, threads: int | None =
 
 # --- per-layer profile -------------------------------------------------------------------------------
 def _leaves(net):
-    from .nets.container import Container  # noqa: PLC0415
+    from ..nets.container import Container  # noqa: PLC0415
 
     return [(path, layer) for path, layer in net.named_modules() if not isinstance(layer, Container)]
 
@@ -363,7 +363,7 @@ def profile_model(model, batch: int = 128, input_shape=None, repeats: int = 5, o
     """
     import torch  # noqa: PLC0415
 
-    from .losses import SoftmaxCrossEntropy  # noqa: PLC0415
+    from ..losses import SoftmaxCrossEntropy  # noqa: PLC0415
 
     net, shape = build(model, input_shape)
     tnet = to_torch(net)
@@ -504,7 +504,7 @@ def run(args) -> int:
         return 1
     shape = None
     if args.input:
-        from .summary import parse_input_shape  # noqa: PLC0415
+        from ..inspect.summary import parse_input_shape  # noqa: PLC0415
 
         shape = parse_input_shape(args.input)
     modes = ("train", "infer") if args.mode == "both" else (args.mode,)

@@ -32,15 +32,15 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ConfigError, StateError
+from ..errors import ConfigError, StateError
 from .summary import format_bytes, layer_pair, optimizer_slots, parse_input_shape, trace
-from .threads import num_threads
+from ..threads import num_threads
 
 __all__ = ["LayerMemory", "Measurement", "PeakEstimate", "estimate_peak", "fit_batch_size", "layer_memory",
            "measure_peak", "parse_bytes"]
 
 try:  # the conv kernels' chunk size; the model follows it if it changes
-    from .ops.conv import CHUNK_BYTES
+    from ..ops.conv import CHUNK_BYTES
 except ImportError:  # pragma: no cover - ops.conv is part of the package
     CHUNK_BYTES = 4 << 20
 
@@ -435,8 +435,8 @@ def measure_peak(net, input_shape=None, batch_size: int = 32, optimizer: str = "
     measured, is the steady state of a training loop, which ``estimate_peak`` models.
     tracemalloc must not be running already (it would miscount what was allocated before).
     """
-    from .losses import SoftmaxCrossEntropy  # noqa: PLC0415
-    from .optim import get_optimizer  # noqa: PLC0415
+    from ..losses import SoftmaxCrossEntropy  # noqa: PLC0415
+    from ..optim import get_optimizer  # noqa: PLC0415
 
     n = _check_batch(batch_size)
     shape = _input_shape(net, input_shape)

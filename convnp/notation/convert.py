@@ -27,7 +27,7 @@ import copy
 
 import numpy as np
 
-from .errors import ConfigError, ShapeError
+from ..errors import ConfigError, ShapeError
 
 __all__ = ["dense_eval", "to_fully_convolutional", "total_stride"]
 
@@ -42,19 +42,19 @@ def _classes():
     """The layer and container classes, imported late (the nets import the layers)."""
     from types import SimpleNamespace  # noqa: PLC0415
 
-    from .layers.conv import Conv2d  # noqa: PLC0415
-    from .layers.norm import BatchNorm2d  # noqa: PLC0415
-    from .layers.pool import AvgPool2d  # noqa: PLC0415
-    from .nets.container import Container  # noqa: PLC0415
-    from .nets.graph import INPUT, Graph, Merge  # noqa: PLC0415
-    from .nets.sequential import Sequential  # noqa: PLC0415
+    from ..layers.conv import Conv2d  # noqa: PLC0415
+    from ..layers.norm import BatchNorm2d  # noqa: PLC0415
+    from ..layers.pool import AvgPool2d  # noqa: PLC0415
+    from ..nets.container import Container  # noqa: PLC0415
+    from ..nets.graph import INPUT, Graph, Merge  # noqa: PLC0415
+    from ..nets.sequential import Sequential  # noqa: PLC0415
 
     return SimpleNamespace(Conv2d=Conv2d, BatchNorm2d=BatchNorm2d, AvgPool2d=AvgPool2d, Container=Container,
                            Graph=Graph, Merge=Merge, Sequential=Sequential, INPUT=INPUT)
 
 
 def _training_shape(net, input_shape) -> tuple:
-    from .summary import parse_input_shape  # noqa: PLC0415
+    from ..inspect.summary import parse_input_shape  # noqa: PLC0415
 
     if input_shape is None:
         input_shape = getattr(net, "input_shape", None)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import DataError
-from .losses import probabilities
+from ..errors import DataError
+from ..losses import probabilities
 
 
 def load_image(path, input_shape) -> np.ndarray:

@@ -1,0 +1,5 @@
+"""``python -m convnp ...`` is the ``convnp`` command."""
+
+from .app.cli import main
+
+raise SystemExit(main())

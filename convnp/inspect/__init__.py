@@ -1,0 +1,2 @@
+"""Looking at a net without running it: the one net walker (trace), the summary table and the
+memory model."""

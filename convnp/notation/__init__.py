@@ -1,0 +1,1 @@
+"""The notes' notation for nets: the layer-pattern spec strings and FC->CONV conversion."""
