@@ -33,7 +33,8 @@ by name, and the new head has new arrays (and perhaps another shape).
 from __future__ import annotations
 
 from .errors import ConfigError
-from .layers.base import Layer, make_rng
+from .layers.base import Layer
+from ._util import make_rng
 from .layers.linear import Linear
 from .nets.container import Container
 from .nets.graph import Graph

@@ -1,4 +1,4 @@
-"""convnp.inspect.memory: the peak estimate against tracemalloc, fit_batch_size, parse_bytes."""
+"""convnp.inspect.memory: the peak estimate against tracemalloc; fit_batch_size and parse_bytes (in summary)."""
 
 from __future__ import annotations
 
@@ -14,7 +14,8 @@ from convnp.layers.activation import ReLU
 from convnp.layers.conv import Conv2d
 from convnp.layers.linear import Flatten, Linear
 from convnp.layers.pool import GlobalAvgPool2d
-from convnp.inspect.memory import estimate_peak, fit_batch_size, measure_peak, parse_bytes
+from convnp.inspect.memory import estimate_peak, measure_peak
+from convnp.inspect.summary import fit_batch_size, parse_bytes
 from convnp.nets.graph import Add, Graph
 from convnp.nets.sequential import Sequential
 from convnp.notation.spec import parse

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from convnp.errors import ConfigError, ShapeError, StateError
 from convnp.layers.base import layer_from_config, layer_to_config
+from convnp.notation.spec import to_spec
 from convnp.models import (
     AdaptiveAvgPool2d,
     AuxSequential,
@@ -380,12 +381,12 @@ def test_small_nets_train_step(name, options, shape):
 
 
 def test_small_nets_are_the_notes_specs():
-    assert get_model("cs231n_3layer").spec() == \
+    assert to_spec(get_model("cs231n_3layer")) == \
         "INPUT[32x32x3] -> CONV7-32 -> RELU -> POOL2 -> FC-100 -> RELU -> FC-10"
-    assert get_model("cifar_convnet").spec() == ("INPUT[32x32x3] -> [CONV3-32 -> RELU]*2 -> POOL2 -> "
+    assert to_spec(get_model("cifar_convnet")) == ("INPUT[32x32x3] -> [CONV3-32 -> RELU]*2 -> POOL2 -> "
                                                  "[CONV3-64 -> RELU]*2 -> POOL2 -> [CONV3-128 -> RELU]*2 -> POOL2 "
                                                  "-> FC-256 -> RELU -> FC-10")
-    assert get_model("cifar_convnet", batch_norm=True).spec().endswith(
+    assert to_spec(get_model("cifar_convnet", batch_norm=True)).endswith(
         "[CONV3-128/NB -> BN -> RELU]*2 -> POOL2 -> FC-256/NB -> BN -> RELU -> DROPOUT0.3 -> FC-10")
 
 

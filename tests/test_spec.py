@@ -1,4 +1,4 @@
-"""The layer-pattern notation: parse, errors with columns, and the spec() round trip."""
+"""The layer-pattern notation: parse, errors with columns, and the to_spec round trip."""
 
 import re
 
@@ -49,7 +49,7 @@ def test_the_brief_example():
     assert net.input_shape == (3, 32, 32) and net.loss is None
     x = np.random.default_rng(0).standard_normal((2, 3, 32, 32)).astype(np.float32)
     assert net(x).shape == (2, 10)
-    assert net.spec() == BRIEF
+    assert to_spec(net) == BRIEF
 
 
 def test_notes_cifar_example_input_conv_relu_pool_fc():
@@ -68,7 +68,7 @@ def test_notes_vgg_sizes_with_fewer_channels():
     assert pools == [(2, 112, 112), (3, 56, 56), (4, 28, 28), (5, 14, 14), (5, 7, 7)]
     assert net[-5].in_features == 5 * 7 * 7
     # spec() folds every repeat, including the two identical last stages
-    assert net.spec() == ("INPUT[224x224x3] -> [CONV3-2 -> RELU]*2 -> POOL2 -> [CONV3-3 -> RELU]*2 -> POOL2 -> "
+    assert to_spec(net) == ("INPUT[224x224x3] -> [CONV3-2 -> RELU]*2 -> POOL2 -> [CONV3-3 -> RELU]*2 -> POOL2 -> "
                           "[CONV3-4 -> RELU]*3 -> POOL2 -> [[CONV3-5 -> RELU]*3 -> POOL2]*2 -> "
                           "[FC-8 -> RELU]*2 -> FC-10")
 
@@ -79,7 +79,7 @@ def test_notes_alexnet_first_layers():
     assert shapes(net) == [(96, 55, 55), (96, 55, 55), (96, 55, 55), (96, 27, 27), (8, 27, 27), (8, 27, 27)]
     assert net[0].num_params == 34944
     assert net[2].get_config() == {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0}
-    assert net.spec() == "INPUT[227x227x3] -> CONV11-96/S4/P0 -> RELU -> NORM -> POOL3/S2 -> CONV5-8 -> RELU"
+    assert to_spec(net) == "INPUT[227x227x3] -> CONV11-96/S4/P0 -> RELU -> NORM -> POOL3/S2 -> CONV5-8 -> RELU"
 
 
 def test_notes_general_pattern_nested_repeats():
@@ -89,13 +89,13 @@ def test_notes_general_pattern_nested_repeats():
         "Flatten", "Linear", "ReLU", "Linear", "ReLU", "Linear"]
     assert net[0].get_config()["in_channels"] == 3 and net[5].get_config()["in_channels"] == 4
     assert net.output_shape() == (3,)
-    assert net.spec() == "INPUT[8x8x3] -> [[CONV3-4 -> RELU]*2 -> POOL2]*2 -> [FC-6 -> RELU]*2 -> FC-3"
+    assert to_spec(net) == "INPUT[8x8x3] -> [[CONV3-4 -> RELU]*2 -> POOL2]*2 -> [FC-6 -> RELU]*2 -> FC-3"
 
 
 def test_linear_classifier_with_input_shape_keyword():
     net = parse("INPUT -> FC-10", input_shape=(3, 4, 4))
     assert kinds(net) == ["Flatten", "Linear"] and net[1].in_features == 48
-    assert parse("FC-5 -> TANH -> FC-2", input_shape=(7,)).spec() == "INPUT[7] -> FC-5 -> TANH -> FC-2"
+    assert to_spec(parse("FC-5 -> TANH -> FC-2", input_shape=(7,))) == "INPUT[7] -> FC-5 -> TANH -> FC-2"
     assert kinds(parse("INPUT[6] -> FC-2")) == ["Linear"]
 
 
@@ -113,7 +113,7 @@ def test_every_item_builds_its_layer():
     assert cfg[10][1] == {"p": 0.25} and cfg[7][1]["norm_type"] == 2
     assert cfg[1][1]["num_features"] == 4 and cfg[13][1]["num_features"] == 5
     assert shapes(net)[6:10] == [(4, 4, 4), (4, 2, 2), (4, 3, 3), (4, 1, 1)]
-    assert parse(net.spec()).get_config() == net.get_config()
+    assert parse(to_spec(net)).get_config() == net.get_config()
 
 
 def test_default_conv_padding_keeps_the_size_and_even_filters_need_p():
@@ -129,7 +129,7 @@ def test_softmax_and_svm_mark_the_loss_and_the_net_outputs_scores():
     assert kinds(net) == ["Flatten", "Linear"] and net.loss == "softmax"
     x = np.random.default_rng(0).standard_normal((2, 1, 4, 4)).astype(np.float32)
     assert not np.allclose(net(x).sum(axis=1), 1.0)  # raw scores, not probabilities
-    assert net.spec() == "INPUT[4x4x1] -> FC-3 -> SOFTMAX"
+    assert to_spec(net) == "INPUT[4x4x1] -> FC-3 -> SOFTMAX"
     assert parse("INPUT[3] -> FC-2 -> svm").loss == "svm"
 
 
@@ -146,9 +146,9 @@ def test_flatten_is_inserted_once_and_explicit_flatten_round_trips():
     assert kinds(net) == ["Flatten", "Linear", "Linear"]
     net = parse("INPUT[4x4x2] -> FLATTEN -> DROPOUT0.5 -> FC-3")
     assert kinds(net) == ["Flatten", "Dropout", "Linear"]
-    assert net.spec() == "INPUT[4x4x2] -> FLATTEN -> DROPOUT0.5 -> FC-3"
+    assert to_spec(net) == "INPUT[4x4x2] -> FLATTEN -> DROPOUT0.5 -> FC-3"
     net = parse("INPUT[4x4x2] -> FC-4 -> FLATTEN -> FC-3")
-    assert net.spec() == "INPUT[4x4x2] -> FC-4 -> FLATTEN -> FC-3"
+    assert to_spec(net) == "INPUT[4x4x2] -> FC-4 -> FLATTEN -> FC-3"
 
 
 def test_input_shape_is_required_and_must_agree():
@@ -254,11 +254,11 @@ def test_sizes_that_do_not_work_raise_shape_errors_naming_the_layer(spec, column
 # --- writing nets back ----------------------------------------------------------------------------------
 def test_to_spec_canonical_forms():
     net = parse("input[6x6x1]->conv5-8/p0/s1/nb->[relu]*1->pool2/s2")
-    assert net.spec() == "INPUT[6x6x1] -> CONV5-8/P0/NB -> RELU -> POOL2"
+    assert to_spec(net) == "INPUT[6x6x1] -> CONV5-8/P0/NB -> RELU -> POOL2"
     net = parse("INPUT[8x8x1] -> RELU -> RELU -> RELU -> TANH -> TANH")
-    assert net.spec() == "INPUT[8x8x1] -> [RELU]*3 -> TANH -> TANH"  # folding two items saves nothing
+    assert to_spec(net) == "INPUT[8x8x1] -> [RELU]*3 -> TANH -> TANH"  # folding two items saves nothing
     net = parse("INPUT[8x8x1] -> [[CONV3-2]*1 -> [POOL1]*1]*1 -> CONV3-2 -> POOL1")
-    assert net.spec() == "INPUT[8x8x1] -> [CONV3-2 -> POOL1]*2"
+    assert to_spec(net) == "INPUT[8x8x1] -> [CONV3-2 -> POOL1]*2"
 
 
 def test_to_spec_without_a_known_input_shape():
@@ -364,10 +364,10 @@ def valid_specs(draw):
 @given(spec=valid_specs())
 def test_round_trip_parse_spec_parse_gives_identical_configs(spec):
     net = parse(spec, rng=0)
-    text = net.spec()
+    text = to_spec(net)
     again = parse(text, rng=1)
     assert again.get_config() == net.get_config()
-    assert again.spec() == text  # the written form is a fixed point
+    assert to_spec(again) == text  # the written form is a fixed point
     net.output_shape()
 
 

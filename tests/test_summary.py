@@ -24,7 +24,6 @@ from convnp.notation.spec import parse
 from convnp.inspect.summary import (
     NOTES_VGG16,
     format_bytes,
-    layer_costs,
     parse_input_shape,
     summary,
     summary_text,
@@ -207,7 +206,7 @@ def test_alexnet_notes_conv1_row():
 ])
 def test_layer_costs(layer, in_shape, macs, flops):
     out = layer.output_shape(in_shape)
-    assert layer_costs(layer, (in_shape,), out) == (macs, flops)
+    assert layer.costs((in_shape,), out) == (macs, flops)
 
 
 def _naive_conv_macs(k, c, kh, kw, h, w, stride, pad):

@@ -43,7 +43,9 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..ops import kernels
+from ..nets.container import Container
 from ..nets.engine import call_backward
+from ..nets.sequential import Sequential
 from ..threads import blas_threads, get_num_threads, set_num_threads
 
 #: Relative errors allowed between the libraries in float32: outputs and loss, and parameter gradients
@@ -70,50 +72,14 @@ def to_torch(net):
     return module
 
 
-def _pair(v):
-    return tuple(v) if isinstance(v, (tuple, list)) else v
-
-
 def _torch_module(layer, nn):
-    kind = type(layer).__name__
-    if kind == "Sequential":
+    """The layer's PyTorch twin (its ``torch_module`` fact); a Sequential of twins for a Sequential."""
+    if isinstance(layer, Sequential):
         return nn.Sequential(OrderedDict((name, _torch_module(child, nn)) for name, child in layer.named_children()))
-    if kind == "Conv2d":
-        if layer.rounding == "ceil":
-            raise ConfigError(f"bench: {layer!r}: PyTorch convolutions have no ceil rounding")
-        return nn.Conv2d(layer.in_channels, layer.out_channels, layer.kernel_size, layer.stride, layer.padding,
-                         layer.dilation, bias="bias" in layer.params)
-    if kind == "MaxPool2d":
-        return nn.MaxPool2d(layer.kernel_size, layer.stride, layer.padding, layer.dilation,
-                            ceil_mode=layer.rounding == "ceil")
-    if kind == "AvgPool2d":
-        return nn.AvgPool2d(layer.kernel_size, layer.stride, layer.padding, ceil_mode=layer.rounding == "ceil")
-    if kind == "LPPool2d":
-        return nn.LPPool2d(layer.norm_type, layer.kernel_size, layer.stride, ceil_mode=layer.rounding == "ceil")
-    if kind == "GlobalAvgPool2d":
-        return nn.AdaptiveAvgPool2d(1)
-    if kind == "AdaptiveAvgPool2d":
-        return nn.AdaptiveAvgPool2d(layer.output_size)
-    if kind == "Linear":
-        return nn.Linear(layer.in_features, layer.out_features, bias=layer.has_bias)
-    if kind == "Flatten":
-        return nn.Flatten(layer.start_dim, layer.end_dim)
-    if kind in ("ReLU", "Tanh", "Sigmoid"):
-        return getattr(nn, kind)()
-    if kind == "LeakyReLU":
-        return nn.LeakyReLU(layer.negative_slope)
-    if kind == "ELU":
-        return nn.ELU(layer.alpha)
-    if kind in ("BatchNorm1d", "BatchNorm2d"):
-        if layer.affine and not layer.use_bias:
-            raise ConfigError(f"bench: {layer!r}: PyTorch batch norm has no bias=False")
-        return getattr(nn, kind)(layer.num_features, layer.eps, layer.momentum, affine=layer.affine)
-    if kind == "LocalResponseNorm":
-        return nn.LocalResponseNorm(layer.size, layer.alpha, layer.beta, layer.k)
-    if kind in ("Dropout", "Dropout2d"):
-        return getattr(nn, kind)(layer.p)
-    raise ConfigError(f"bench: no PyTorch equivalent for {kind} (the benchmarks take Sequential nets "
-                      "of the library's layers)")
+    if isinstance(layer, Container):
+        raise ConfigError(f"bench: no PyTorch equivalent for {type(layer).__name__} (the benchmarks take "
+                          "Sequential nets of the library's layers)")
+    return layer.torch_module(nn)
 
 
 def rel_error(a, b) -> float:
@@ -349,8 +315,6 @@ def bench_model(model, batch: int = 128, input_shape=None, threads: int | None =
 
 # --- per-layer profile -------------------------------------------------------------------------------
 def _leaves(net):
-    from ..nets.container import Container  # noqa: PLC0415
-
     return [(path, layer) for path, layer in net.named_modules() if not isinstance(layer, Container)]
 
 

@@ -253,7 +253,7 @@ class ImageFolder(ArrayDataset):
                  extensions=IMAGE_EXTENSIONS):
         from PIL import Image, UnidentifiedImageError  # noqa: PLC0415 - pillow only here
 
-        from ..ops.im2col import pair  # noqa: PLC0415
+        from .._util import pair  # noqa: PLC0415
 
         if mode not in ("RGB", "L"):
             raise ConfigError(f"ImageFolder: mode must be 'RGB' or 'L', got {mode!r}")

@@ -13,8 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError, ShapeError
-from ..layers.base import make_rng
-from ..ops.im2col import pair
+from .._util import make_rng, pair
 
 _PAD_MODES = ("constant", "edge", "reflect", "symmetric")
 

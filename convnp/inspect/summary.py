@@ -32,67 +32,13 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..errors import ConfigError, ShapeError
+from ..errors import ConfigError
+from ..optim.optimizers import optimizer_slots
+from .memory import estimate_peak_from_nodes
+from .trace import dtype_bytes_of, format_bytes, input_shape_of, is_frozen, parse_input_shape, trace, volume_str
 
-__all__ = ["OPTIMIZER_SLOTS", "Row", "Summary", "format_bytes", "optimizer_slots", "parse_input_shape", "summary",
-           "summary_text", "trace", "volume_str"]
-
-#: State arrays each optimizer keeps per parameter (the notes: momentum, Adagrad and RMSProp
-#: keep one cache the size of the params, Adam two).
-OPTIMIZER_SLOTS = {"sgd": 0, "momentum": 1, "nesterov": 1, "adagrad": 1, "rmsprop": 1, "adam": 2, "adamw": 2}
-
-#: Layer types whose output the notes do not count as a new activation (done in place or a view).
-IN_PLACE_TYPES = frozenset({"ReLU", "LeakyReLU", "ELU", "Tanh", "Sigmoid", "Dropout", "Dropout2d", "Flatten",
-                            "Identity"})
-
-
-def optimizer_slots(optimizer: str) -> int:
-    """How many arrays the size of the parameters ``optimizer`` keeps (0 for plain SGD)."""
-    key = str(optimizer).lower()
-    if key not in OPTIMIZER_SLOTS:
-        raise ConfigError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZER_SLOTS)}")
-    return OPTIMIZER_SLOTS[key]
-
-
-# --- small formatting helpers -------------------------------------------------------------------------
-def parse_input_shape(text) -> tuple:
-    """``"3x224x224"`` (C x H x W, the CLI's ``--input``) or ``"784"`` -> a tuple of ints.
-
-    A tuple or list of positive ints passes through. Commas work as separators too.
-    """
-    if isinstance(text, (tuple, list)):
-        shape = tuple(text)
-    elif isinstance(text, str):
-        parts = [p for p in re.split(r"[x,X*\s]+", text.strip().strip("()[]")) if p]
-        try:
-            shape = tuple(int(p) for p in parts)
-        except ValueError:
-            raise ConfigError(f"input shape {text!r} must look like 3x224x224 (C x H x W) or 784") from None
-    else:
-        raise ConfigError(f"input shape must be a string like '3x224x224' or a tuple, got {text!r}")
-    if (not shape or len(shape) > 4 or not all(isinstance(s, (int, np.integer)) and not isinstance(s, bool)
-                                                and s >= 1 for s in shape)):
-        raise ConfigError(f"input shape must be positive ints (C, H, W) or (D,), got {text!r}")
-    return tuple(int(s) for s in shape)
-
-
-def volume_str(shape: tuple) -> str:
-    """The notes' notation: (C, H, W) -> ``"HxWxC"``, a vector (D,) -> ``"1x1xD"``."""
-    shape = tuple(shape)
-    if len(shape) == 3:
-        return f"{shape[1]}x{shape[2]}x{shape[0]}"
-    if len(shape) == 1:
-        return f"1x1x{shape[0]}"
-    return "x".join(str(s) for s in shape)
-
-
-def format_bytes(n: float) -> str:
-    """Decimal units like the notes: 61,046,304 -> ``"61.0 MB"``."""
-    n = float(n)
-    for unit, scale in (("TB", 1e12), ("GB", 1e9), ("MB", 1e6), ("KB", 1e3)):
-        if abs(n) >= scale:
-            return f"{n / scale:.1f} {unit}"
-    return f"{int(n)} B"
+__all__ = ["Row", "Summary", "fit_batch_size", "format_bytes", "parse_bytes", "parse_input_shape", "summary",
+           "summary_text", "volume_str"]
 
 
 def _si(n: float) -> str:
@@ -111,125 +57,11 @@ def _count(n: float) -> str:
     return str(int(n))
 
 
-# --- walking a net --------------------------------------------------------------------------------
-@dataclass
-class Node:
-    """One leaf layer in execution order: reads values ``inputs`` (ids), writes value ``output``.
-
-    Value 0 is the net's input; ``in_shapes``/``out_shape`` exclude the batch axis.
-    """
-
-    path: str
-    layer: object
-    inputs: tuple
-    output: int
-    in_shapes: tuple
-    out_shape: tuple
-
-    @property
-    def in_shape(self) -> tuple:
-        return self.in_shapes[0]
-
-
-def trace(net, input_shape) -> tuple[list, dict]:
-    """Flatten ``net`` into leaf ``Node``s in execution order, with every value's shape.
-
-    Sequentials (nested or not) are chains; a Graph's nodes come in its topological order,
-    a merge reading several values. Returns (nodes, {value id: shape}); ShapeErrors name the
-    leaf's dotted path. Containers of other kinds are treated as one leaf.
-    """
-    from ..nets.container import relocate  # noqa: PLC0415
-    from ..nets.graph import INPUT, Graph, Merge  # noqa: PLC0415
-    from ..nets.sequential import Sequential  # noqa: PLC0415
-
-    nodes: list = []
-    shapes = {0: tuple(input_shape)}
-
-    def join(prefix, name):
-        return f"{prefix}.{name}" if prefix else str(name)
-
-    def visit(layer, path, ids, in_shapes):
-        if isinstance(layer, Sequential):
-            value = (ids, in_shapes)
-            for name, child in layer.named_children():
-                out_id, out_shape = visit(child, join(path, name), *value)
-                value = ((out_id,), (out_shape,))
-            return value[0][0], value[1][0]
-        if isinstance(layer, Graph):
-            values = {INPUT: (ids[0], in_shapes[0])}
-            for name in layer.order:
-                srcs = layer.inputs_of(name)
-                values[name] = visit(layer[name], join(path, name), tuple(values[s][0] for s in srcs),
-                                     tuple(values[s][1] for s in srcs))
-            return values[layer.output_name]
-        arg = list(in_shapes) if isinstance(layer, Merge) else in_shapes[0]
-        try:
-            out_shape = tuple(int(s) for s in layer.output_shape(arg))
-        except ShapeError as err:
-            if path:
-                relocate(err, path)
-            raise
-        out_id = len(shapes)
-        shapes[out_id] = out_shape
-        nodes.append(Node(path or type(layer).__name__, layer, tuple(ids), out_id, tuple(in_shapes), out_shape))
-        return out_id, out_shape
-
-    visit(net, "", (0,), (tuple(input_shape),))
-    return nodes, shapes
-
-
-# --- per-layer costs ----------------------------------------------------------------------------------
 def _weights_and_biases(layer) -> tuple[int, int]:
     params = getattr(layer, "params", {}) or {}
     biases = sum(int(np.size(v)) for k, v in params.items() if k == "bias")
     total = sum(int(np.size(v)) for v in params.values())
     return total - biases, biases
-
-
-def layer_pair(layer, name, default):
-    """A layer's (h, w) hyperparameter ``name`` (kernel_size, stride, ...) from its attribute or config."""
-    value = getattr(layer, name, None)
-    if value is None:
-        value = layer.get_config().get(name, default) if hasattr(layer, "get_config") else default
-    if isinstance(value, (int, np.integer)):
-        return int(value), int(value)
-    return tuple(int(v) for v in value)
-
-
-def layer_costs(layer, in_shapes: tuple, out_shape: tuple) -> tuple[int, int]:
-    """(MACs, FLOPs) of one forward pass of ``layer`` for ONE image (see the module docstring)."""
-    kind = type(layer).__name__
-    out = math.prod(out_shape)
-    inp = math.prod(in_shapes[0]) if in_shapes else 0
-    params = getattr(layer, "params", {}) or {}
-    bias = int(np.size(params["bias"])) if "bias" in params else 0
-    if kind == "Conv2d":
-        spatial = math.prod(out_shape[1:])
-        macs = int(np.size(params["weight"])) * spatial
-        return macs, 2 * macs + (out if bias else 0)
-    if kind in ("Linear", "LocallyConnected2d"):
-        macs = int(np.size(params["weight"]))  # FC: in*out; locally connected: each weight once
-        return macs, 2 * macs + bias
-    if kind == "MaxPool2d":
-        kh, kw = layer_pair(layer, "kernel_size", 1)
-        return 0, (kh * kw - 1) * out
-    if kind == "AvgPool2d":
-        kh, kw = layer_pair(layer, "kernel_size", 1)
-        return 0, kh * kw * out
-    if kind == "LPPool2d":
-        kh, kw = layer_pair(layer, "kernel_size", 1)
-        return 0, 2 * kh * kw * out
-    if kind in ("GlobalAvgPool2d", "AdaptiveAvgPool2d"):
-        return 0, 0 if tuple(in_shapes[0]) == tuple(out_shape) else inp
-    if kind in ("ReLU", "LeakyReLU", "ELU", "Tanh", "Sigmoid"):
-        return 0, out
-    if kind in ("BatchNorm1d", "BatchNorm2d"):
-        return 0, 2 * out
-    if kind == "LocalResponseNorm":
-        return 0, (2 * int(getattr(layer, "size", 5)) + 3) * out
-    if kind == "Add":
-        return 0, (len(in_shapes) - 1) * out
-    return 0, 0
 
 
 # --- the summary ----------------------------------------------------------------------------------
@@ -281,7 +113,7 @@ class Summary:
     * ``gradient_bytes`` = the same again: one gradient per activation (the notes' "~x2 for
       bwd"). This is an upper bound: convnp frees each gradient once the layer below used it;
     * ``param_bytes`` (parameters and buffers), ``param_grad_bytes`` (one gradient per
-      trainable parameter) and ``optimizer_bytes`` (``OPTIMIZER_SLOTS`` arrays per trainable
+      trainable parameter) and ``optimizer_bytes`` (``convnp.optim.optimizer_slots`` arrays per trainable
       parameter: 0 for SGD, 1 for momentum/Nesterov/Adagrad/RMSProp, 2 for Adam), so the
       parameters cost 3x their size with momentum and 4x with Adam, as the notes say;
     * ``total_bytes``: the sum of those five.
@@ -318,7 +150,7 @@ class Summary:
         self.total_params = self.total_weights + self.total_biases
         self.trainable_params = sum(int(np.size(v)) for r in layer_rows
                                     for k, v in (getattr(r.layer, "params", {}) or {}).items()
-                                    if not _is_frozen(f"{r.name}.{k}", self.frozen))
+                                    if not is_frozen(f"{r.name}.{k}", self.frozen))
         self.buffer_count = sum(int(np.size(v)) for r in layer_rows
                                 for v in (getattr(r.layer, "buffers", {}) or {}).values()
                                 if np.asarray(v).dtype.kind == "f")
@@ -343,8 +175,6 @@ class Summary:
     def peak(self):
         """Breakdown of ``peak_bytes`` (a ``convnp.memory.PeakEstimate``)."""
         if self._peak is None:
-            from .memory import estimate_peak_from_nodes  # noqa: PLC0415
-
             self._peak = estimate_peak_from_nodes(self.nodes, self.value_shapes, self.batch_size,
                                                   self.optimizer, self.dtype_bytes, self.frozen)
         return self._peak
@@ -418,10 +248,6 @@ class Summary:
                 f"macs_per_image={self.macs_per_image:,})")
 
 
-def _is_frozen(name: str, frozen) -> bool:
-    return any(name == p or name.startswith(p.rstrip(".") + ".") for p in frozen)
-
-
 #: The notes' VGG-16 totals next to what their own rows add up to (float32, per image).
 NOTES_VGG16 = {
     "notes_total_memory": "24M * 4 bytes ~= 93MB / image (only forward! ~*2 for bwd)",
@@ -432,13 +258,6 @@ NOTES_VGG16 = {
     "params_with_biases": 138_357_544,
     "macs": 15_470_264_320,
 }
-
-
-def _dtype_bytes_of(net) -> int:
-    params = getattr(net, "params", {}) or {}
-    for v in params.values():
-        return int(np.asarray(v).dtype.itemsize)
-    return 4
 
 
 def summary(net, input_shape=None, batch_size: int = 1, optimizer: str = "momentum", dtype_bytes=None,
@@ -460,7 +279,7 @@ def summary(net, input_shape=None, batch_size: int = 1, optimizer: str = "moment
         raise ConfigError(f"summary: batch_size must be a positive int, got {batch_size!r}")
     optimizer_slots(optimizer)
     if dtype_bytes is None:
-        dtype_bytes = _dtype_bytes_of(net)
+        dtype_bytes = dtype_bytes_of(net)
     if isinstance(dtype_bytes, bool) or not isinstance(dtype_bytes, (int, np.integer)) or dtype_bytes < 1:
         raise ConfigError(f"summary: dtype_bytes must be a positive int, got {dtype_bytes!r}")
     if frozen is None:
@@ -470,13 +289,11 @@ def summary(net, input_shape=None, batch_size: int = 1, optimizer: str = "moment
     nodes, shapes = trace(net, input_shape)
     rows = [Row("input", "Input", input_shape, math.prod(input_shape), math.prod(input_shape), 0, 0, 0, 0)]
     for node in nodes:
-        kind = type(node.layer).__name__
         weights, biases = _weights_and_biases(node.layer)
-        macs, flops = layer_costs(node.layer, node.in_shapes, node.out_shape)
+        macs, flops = node.layer.costs(node.in_shapes, node.out_shape)
         elems = math.prod(node.out_shape)
-        # elementwise layers, views, and an adaptive pool at its own output size (the identity)
-        in_place = kind in IN_PLACE_TYPES or (kind == "AdaptiveAvgPool2d" and node.in_shape == node.out_shape)
-        rows.append(Row(node.path, kind, node.out_shape, 0 if in_place else elems, elems, weights,
+        in_place = node.layer.in_place(node.in_shapes, node.out_shape)   # elementwise layers and views
+        rows.append(Row(node.path, type(node.layer).__name__, node.out_shape, 0 if in_place else elems, elems, weights,
                         weights + biases, macs, flops, in_place, node.layer))
     out_shape = shapes[nodes[-1].output] if nodes else tuple(input_shape)
     return Summary(rows, nodes, shapes, input_shape, out_shape, int(batch_size), optimizer, int(dtype_bytes),
@@ -491,8 +308,6 @@ def summary_text(net, input_shape=None, batch_size: int = 1, optimizer: str = "m
     s = summary(net, input_shape, batch_size=batch_size, optimizer=optimizer, dtype_bytes=dtype_bytes)
     text = str(s)
     if budget is not None:
-        from .memory import fit_batch_size, parse_bytes  # noqa: PLC0415
-
         nbytes = parse_bytes(budget)
         lines = [f"Largest batch within {budget} ({nbytes:,} bytes), optimizer {s.optimizer}:"]
         for estimate, label in (("peak", "convnp peak estimate"), ("notes", "the notes' bookkeeping")):
@@ -504,3 +319,72 @@ def summary_text(net, input_shape=None, batch_size: int = 1, optimizer: str = "m
                 lines.append(f"  {label:<24} none: {err}")
         text += "\n" + "\n".join(lines)
     return text
+
+
+# --- memory budgets ----------------------------------------------------------------------------------------
+_UNITS = {"": 1, "B": 1, "K": 10**3, "KB": 10**3, "M": 10**6, "MB": 10**6, "G": 10**9, "GB": 10**9,
+          "T": 10**12, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_bytes(value) -> int:
+    """``"8GB"`` -> 8,000,000,000, ``"512MiB"`` -> 536,870,912, ``"1.5G"`` -> 1,500,000,000; an int passes.
+
+    KB/MB/GB/TB (and K/M/G/T) are decimal, KiB/MiB/GiB/TiB binary; case does not matter.
+    """
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
+        if value <= 0:
+            raise ConfigError(f"a memory budget must be positive, got {value!r}")
+        return int(value)
+    if isinstance(value, float) and math.isfinite(value) and value > 0:
+        return int(value)
+    if not isinstance(value, str):
+        raise ConfigError(f"a memory budget must be like '8GB' or '512MiB', got {value!r}")
+    m = re.fullmatch(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*", value)
+    unit = m.group(2).upper() if m else None
+    if not m or unit not in _UNITS:
+        raise ConfigError(f"cannot read the memory budget {value!r}; write e.g. 8GB, 512MiB, 1.5G or 1000000 "
+                          "(KB/MB/GB are powers of 1000, KiB/MiB/GiB powers of 1024)")
+    n = int(float(m.group(1)) * _UNITS[unit])
+    if n <= 0:
+        raise ConfigError(f"a memory budget must be positive, got {value!r}")
+    return n
+
+
+def fit_batch_size(net, input_shape=None, budget_bytes="8GB", optimizer: str = "momentum", dtype_bytes=None,
+                   estimate: str = "peak", max_batch: int = 1 << 24) -> int:
+    """The largest batch whose estimated training memory fits ``budget_bytes`` (``"8GB"``, ``"512MiB"``, an int).
+
+    ``estimate="peak"`` uses convnp's simulated peak (``estimate_peak``), ``"notes"`` the notes'
+    bookkeeping (``Summary.total_bytes``: activations and their gradients, parameters x3 with
+    momentum). Both grow with the batch, so a binary search finds the answer. Raises ConfigError
+    when even a batch of 1 does not fit, naming what it needs.
+    """
+    budget = parse_bytes(budget_bytes)
+    if estimate not in ("peak", "notes"):
+        raise ConfigError(f"fit_batch_size: estimate must be 'peak' or 'notes', got {estimate!r}")
+    shape = input_shape_of(net, input_shape)
+    b = dtype_bytes_of(net) if dtype_bytes is None else int(dtype_bytes)
+    nodes, shapes = trace(net, shape)
+    optimizer_slots(optimizer)
+
+    def need(n: int) -> int:
+        if estimate == "peak":
+            return estimate_peak_from_nodes(nodes, shapes, n, optimizer, b).total
+        return summary(net, shape, batch_size=n, optimizer=optimizer, dtype_bytes=b).total_bytes
+
+    one = need(1)
+    if one > budget:
+        raise ConfigError(f"fit_batch_size: even a batch of 1 needs {format_bytes(one)} ({one:,} bytes) by the "
+                          f"{estimate!r} estimate, more than the budget of {format_bytes(budget)} ({budget:,} bytes)")
+    lo, hi = 1, 2
+    while hi <= max_batch and need(hi) <= budget:
+        lo, hi = hi, hi * 2
+    if hi > max_batch:
+        return lo if need(max_batch) > budget else max_batch
+    while hi - lo > 1:  # need(lo) fits, need(hi) does not
+        mid = (lo + hi) // 2
+        if need(mid) <= budget:
+            lo = mid
+        else:
+            hi = mid
+    return lo

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..errors import ConfigError, ShapeError
-from ..layers.base import state_mismatch
+from .._util import state_mismatch
 
 #: at most this many keys of each kind (missing, unexpected, wrong shape) are named in an error
 MAX_LISTED = 10

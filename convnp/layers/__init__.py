@@ -7,4 +7,5 @@ from .dropout import Dropout, Dropout2d
 from .linear import Flatten, Linear
 from .locally_connected import LocallyConnected2d
 from .norm import BatchNorm1d, BatchNorm2d, LocalResponseNorm
-from .pool import AvgPool2d, GlobalAvgPool2d, LPPool2d, MaxPool2d
+from .pool import AdaptiveAvgPool2d, AvgPool2d, GlobalAvgPool2d, LPPool2d, MaxPool2d
+from .shortcut import ZeroPadShortcut

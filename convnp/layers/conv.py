@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import ConfigError
-from ..ops.conv import conv2d_backward, conv2d_forward, conv2d_relu_forward
+from ..ops.conv import conv2d_backward, conv2d_forward, conv2d_relu_forward, conv2d_workspace
 from ..ops.im2col import ROUNDING_MODES, output_hw, pair
-from .base import Layer, check_dtype, he_normal, make_rng
+from .base import Layer, LayerMemory, SpecToken, check_dtype, he_normal, square
+from .._util import make_rng
 
 
 class Conv2d(Layer):
@@ -92,6 +95,74 @@ class Conv2d(Layer):
             "padding": _plain(self.padding, list), "dilation": _plain(self.dilation, list),
             "bias": "bias" in self.params, "rounding": self.rounding, "dtype": self.dtype.name,
         }
+
+    # --- facts ----------------------------------------------------------------------------------
+    def costs(self, in_shapes, out_shape):
+        """K*C*KH*KW MACs per output position; 2 FLOPs per MAC plus one per bias add."""
+        macs = int(self.params["weight"].size) * math.prod(out_shape[1:])
+        return macs, 2 * macs + (math.prod(out_shape) if "bias" in self.params else 0)
+
+    def memory(self, in_shapes, out_shape, n, b, in_nhwc=False):
+        """Keeps its input; the scratch buffers are the op's own estimate; the output is channels-last."""
+        fwd, bwd = conv2d_workspace(in_shapes[0], out_shape, self.params["weight"].shape, self.stride,
+                                    self.padding, self.dilation, n, b)
+        return LayerMemory(out_bytes=math.prod(out_shape) * n * b, keeps_input=True, out_nhwc=True,
+                           fwd_work=fwd, bwd_work=bwd, grad_bytes=self._param_bytes())
+
+    def shardable(self, train):
+        return True
+
+    fc_conv_role = "spatial"
+    report_role = "filters"
+
+    def stride_hw(self):
+        return self.stride
+
+    def to_onnx(self, b, x, shape, path):
+        """Conv; PyTorch's floor rounding is ONNX's, ceil rounding becomes extra end padding."""
+        pads, out = b.window_pads(self, shape, self.kernel_size, self.stride, self.padding, self.dilation,
+                                  path, "Conv")
+        inputs = [x, b.const(f"{path}.weight", self.params["weight"])]
+        if "bias" in self.params:
+            inputs.append(b.const(f"{path}.bias", self.params["bias"]))
+        y = b.node("Conv", inputs, path, kernel_shape=list(self.kernel_size), strides=list(self.stride),
+                   pads=pads, dilations=list(self.dilation), group=1)
+        return y, out
+
+    spec_tokens = (SpecToken("CONV", "F-K", ("S", "P", "NB"), volume=True,
+                             arg_names=("the filter size F", "the number of filters")),)
+
+    @classmethod
+    def from_spec(cls, token, args, opts, shape, rng, dtype):
+        """``CONV<F>-<K>``: K filters of F x F; /S stride, /P padding (default (F-1)/2), /NB no bias."""
+        f, k = args
+        if "P" in opts:
+            pad = opts["P"]
+        elif f % 2 == 1:
+            pad = (f - 1) // 2
+        else:
+            raise ConfigError(f"an even filter size has no padding (F-1)/2 that keeps the size; give it "
+                              f"explicitly, e.g. CONV{f}-{k}/P0")
+        return [cls(shape[0], k, f, stride=opts.get("S", 1), padding=pad, bias=not opts.get("NB", False),
+                    rng=rng, dtype=dtype)]
+
+    def to_spec(self, next_layer, shape):
+        if self.dilation != (1, 1):
+            raise self.no_spelling("dilation and groups must be 1")
+        if self.rounding != "exact":
+            raise self.no_spelling("only rounding='exact' has a spelling")
+        f, s, p = (square(v, name, self) for v, name in ((self.kernel_size, "kernel_size"),
+                                                         (self.stride, "stride"), (self.padding, "padding")))
+        text = f"CONV{f}-{self.out_channels}" + (f"/S{s}" if s != 1 else "")
+        if f % 2 == 0 or p != (f - 1) // 2:
+            text += f"/P{p}"
+        return text + ("" if "bias" in self.params else "/NB")
+
+    def torch_module(self, nn):
+        if self.rounding == "ceil":
+            raise ConfigError(f"bench: {self!r}: PyTorch convolutions have no ceil rounding")
+        return nn.Conv2d(self.in_channels, self.out_channels, self.kernel_size, self.stride, self.padding,
+                         self.dilation, bias="bias" in self.params)
 
     def extra_repr(self) -> str:
         """Like PyTorch: ``3, 96, kernel_size=11, stride=4``; defaults are left out."""

@@ -8,7 +8,8 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..ops import dropout as ops
-from .base import Layer, make_rng
+from .base import Layer, LayerMemory, SpecToken
+from .._util import make_rng
 
 
 class Dropout(Layer):
@@ -46,6 +47,43 @@ class Dropout(Layer):
         self._pop_cache(dout, shape)
         return ops.dropout_backward(dout, mask)
 
+    # --- facts ----------------------------------------------------------------------------------
+    def costs(self, in_shapes, out_shape):
+        return 0, 0   # the identity at inference
+
+    def in_place(self, in_shapes, out_shape):
+        return True
+
+    def memory(self, in_shapes, out_shape, n, b, in_nhwc=False):
+        """Keeps its mask (one number per unit, per channel for Dropout2d); p=0 is a pass-through."""
+        out = math.prod(out_shape) * n
+        if self.p == 0.0:
+            return LayerMemory(out_new=False, out_bytes=out * b, dx_new=False)
+        mask = out // math.prod(out_shape[1:]) if self._channelwise and len(out_shape) == 3 else out
+        return LayerMemory(out_bytes=out * b, saved=mask * b, fwd_work=mask * 9)
+
+    def shardable(self, train):
+        return not train or self.p == 0   # random masks in training come from one generator
+
+    fc_conv_role = "pointwise"
+    report_role = "transparent"
+
+    def to_onnx(self, b, x, shape, path):
+        return b.node("Identity", [x], path), tuple(shape)   # evaluation forward
+
+    spec_tokens = (SpecToken("DROPOUT", "X?"),)
+
+    @classmethod
+    def from_spec(cls, token, args, opts, shape, rng, dtype):
+        """``DROPOUT<p>``: Dropout(p) (plain DROPOUT is p=0.5)."""
+        return [cls(*args, rng=rng)]
+
+    def to_spec(self, next_layer, shape):
+        return f"DROPOUT{self.p!r}"
+
+    def torch_module(self, nn):
+        return getattr(nn, type(self).__name__)(self.p)
+
     def get_config(self) -> dict:
         return {"p": self.p}
 
@@ -63,3 +101,9 @@ class Dropout2d(Dropout):
 
     def output_shape(self, input_shape: tuple) -> tuple:
         return self._check_shape(input_shape, 3)
+
+    fc_conv_role = "spatial"
+    absent_facts = frozenset({"spec"})  # no notation item drops whole channels
+
+    def to_spec(self, next_layer, shape):
+        raise self.no_spelling("no spec item stands for this layer type")

@@ -8,7 +8,8 @@ import numpy as np
 
 from ..errors import ConfigError, ShapeError
 from ..ops import linear as ops
-from .base import Layer, check_dtype, he_normal, make_rng
+from .base import Layer, LayerMemory, SpecToken, check_dtype, he_normal
+from .._util import make_rng
 
 
 def _int_arg(value, name: str, owner: str, minimum: int | None = None) -> int:
@@ -87,6 +88,55 @@ class Linear(Layer):
             raise ShapeError(f"{self!r}: expected {self.in_features} input features, got {shape[0]}")
         return (self.out_features,)
 
+    # --- facts ----------------------------------------------------------------------------------
+    def costs(self, in_shapes, out_shape):
+        """in*out MACs; 2 FLOPs per MAC plus one per bias."""
+        macs = int(self.params["weight"].size)
+        return macs, 2 * macs + (self.out_features if self.has_bias else 0)
+
+    def shardable(self, train):
+        return True
+
+    absent_facts = frozenset({"report_role"})
+
+    def to_fully_convolutional(self, st, where):
+        """A Conv2d with F = the input volume's H x W and the weight reshaped to (out, C, H, W)
+        (Flatten is C order over (C, H, W), like ``torch.flatten``)."""
+        from .conv import Conv2d  # noqa: PLC0415 - only the conversion needs the conv layer
+
+        st.orig = tuple(self.output_shape(st.orig))
+        c, h, w = st.new if len(st.new) == 3 else (st.new[0], 1, 1)
+        if c * h * w != self.in_features:
+            raise ShapeError(f"to_fully_convolutional: {where} takes {self.in_features} features but its "
+                             f"input volume is {h}x{w}x{c} = {c * h * w}")
+        weight = self.params["weight"]
+        conv = Conv2d(c, self.out_features, (h, w), bias=self.has_bias, dtype=weight.dtype)
+        conv.params["weight"] = np.ascontiguousarray(weight.reshape(self.out_features, c, h, w)).copy()
+        if self.has_bias:
+            conv.params["bias"] = self.params["bias"].copy()
+        st.new = (self.out_features, 1, 1)
+        return conv
+
+    def to_onnx(self, b, x, shape, path):
+        inputs = [x, b.const(f"{path}.weight", self.params["weight"])]
+        if self.has_bias:
+            inputs.append(b.const(f"{path}.bias", self.params["bias"]))
+        return b.node("Gemm", inputs, path, transB=1), tuple(self.output_shape(shape))
+
+    spec_tokens = (SpecToken("FC", "-N", ("NB",), arg_names=("the number of outputs",)),)
+
+    @classmethod
+    def from_spec(cls, token, args, opts, shape, rng, dtype):
+        """``FC-<n>``: Linear to n outputs (/NB: no bias), after a Flatten when the input is a volume."""
+        pre = [Flatten()] if len(shape) > 1 else []
+        return pre + [cls(math.prod(shape), args[0], bias=not opts.get("NB", False), rng=rng, dtype=dtype)]
+
+    def to_spec(self, next_layer, shape):
+        return f"FC-{self.out_features}" + ("" if self.has_bias else "/NB")
+
+    def torch_module(self, nn):
+        return nn.Linear(self.in_features, self.out_features, bias=self.has_bias)
+
     def get_config(self) -> dict:
         return {"in_features": self.in_features, "out_features": self.out_features,
                 "bias": self.has_bias, "dtype": str(self.params["weight"].dtype)}
@@ -139,6 +189,52 @@ class Flatten(Layer):
         start, end = self._axes(len(shape) + 1, ("N",) + shape)
         start, end = start - 1, end - 1  # no batch axis here
         return shape[:start] + (math.prod(shape[start:end + 1]),) + shape[end + 1:]
+
+    # --- facts ----------------------------------------------------------------------------------
+    def costs(self, in_shapes, out_shape):
+        return 0, 0   # a view
+
+    def in_place(self, in_shapes, out_shape):
+        return True
+
+    def memory(self, in_shapes, out_shape, n, b, in_nhwc=False):
+        """A view, except that reshaping a channels-last view copies it; dx is a view of dout."""
+        return LayerMemory(out_new=in_nhwc, out_bytes=math.prod(out_shape) * n * b, dx_new=False)
+
+    def shardable(self, train):
+        return True
+
+    absent_facts = frozenset({"report_role"})
+
+    def to_fully_convolutional(self, st, where):
+        """Goes: the volume stays a volume."""
+        out = tuple(self.output_shape(st.orig))
+        if len(st.new) == 3 and (self.start_dim, self.end_dim) not in ((1, -1), (1, 3)):
+            raise ConfigError(f"to_fully_convolutional: {where} flattens only part of the volume")
+        st.orig = out
+        return None
+
+    def to_onnx(self, b, x, shape, path):
+        out = tuple(self.output_shape(shape))
+        if self.start_dim == 1 and self.end_dim in (-1, len(shape)):
+            return b.node("Flatten", [x], path, axis=1), out
+        return b.node("Reshape", [x, b.ints(f"{path}.shape", [0, *out])], path), out
+
+    spec_tokens = (SpecToken("FLATTEN"),)
+
+    @classmethod
+    def from_spec(cls, token, args, opts, shape, rng, dtype):
+        return [cls()]
+
+    def to_spec(self, next_layer, shape):
+        """FLATTEN, or nothing before an FC that reads a volume (FC-n implies it)."""
+        if (self.start_dim, self.end_dim) != (1, -1):
+            raise self.no_spelling("only Flatten(1, -1) has a spelling")
+        implied = isinstance(next_layer, Linear) and (shape is None or len(shape) > 1)
+        return None if implied else "FLATTEN"
+
+    def torch_module(self, nn):
+        return nn.Flatten(self.start_dim, self.end_dim)
 
     def get_config(self) -> dict:
         return {"start_dim": self.start_dim, "end_dim": self.end_dim}

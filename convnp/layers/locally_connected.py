@@ -2,18 +2,19 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import ConfigError, ShapeError
 from ..ops.im2col import output_hw, pair
 from ..ops.locally_connected import locally_connected2d_backward, locally_connected2d_forward
-from .base import Layer, check_dtype, he_normal, make_rng
+from .base import Layer, LayerMemory, check_dtype, he_normal
+from .._util import check_int, make_rng
 
 
 def _positive_int(value, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ConfigError(f"LocallyConnected2d: {name} must be a positive int, got {value!r}")
-    return value
+    return check_int(value, name, "LocallyConnected2d")
 
 
 def _compact(value: tuple[int, int]):
@@ -86,6 +87,63 @@ class LocallyConnected2d(Layer):
         _, h, w = self._check_shape(input_shape, 3, channels=self.in_channels)
         self._check_size(h, w)
         return (self.out_channels, *self.out_hw)
+
+    # --- facts ----------------------------------------------------------------------------------
+    def costs(self, in_shapes, out_shape):
+        """One MAC per weight; 2 FLOPs per MAC plus one per bias."""
+        macs = int(self.params["weight"].size)
+        return macs, 2 * macs + (int(self.params["bias"].size) if self.bias else 0)
+
+    def memory(self, in_shapes, out_shape, n, b, in_nhwc=False):
+        """Keeps its patches; a padded copy; a padded dx."""
+        oh, ow, k, c, kh, kw = self.params["weight"].shape
+        _, h, w = in_shapes[0]
+        ph, pw = self.padding
+        patches = n * oh * ow * c * kh * kw * b
+        padded = n * c * (h + 2 * ph) * (w + 2 * pw) * b
+        ob = math.prod(out_shape) * n * b
+        return LayerMemory(out_bytes=ob, saved=patches, fwd_work=(padded if (in_nhwc or (ph, pw) != (0, 0)) else 0)
+                           + ob, bwd_work=ob + patches, grad_bytes=self._param_bytes(), dx_bytes=padded)
+
+    def shardable(self, train):
+        return True
+
+    absent_facts = frozenset({"spec", "report_role"})
+
+    def stride_hw(self):
+        return self.stride
+
+    def to_fully_convolutional(self, st, where):
+        raise ConfigError(f"to_fully_convolutional: {where} has one filter per output position, so it "
+                          "cannot slide over a larger input")
+
+    def to_onnx(self, b, x, shape, path):
+        """A grouped Conv with one-hot kernels extracts the patches (N, C*KH*KW, OH, OW); a batched
+        MatMul applies each position's own filter bank; then Add bias."""
+        out = tuple(self.output_shape(shape))
+        k, oh, ow = out
+        c = self.in_channels
+        kh, kw = self.kernel_size
+        q = c * kh * kw
+        # patch channel c*KH*KW + a*KW + b of the one-hot conv holds x[c, i*S + a - P, j*S + b - P]
+        onehot = np.zeros((q, 1, kh, kw), dtype=np.float32)
+        onehot[np.arange(q), 0, np.tile(np.repeat(np.arange(kh), kw), c), np.tile(np.arange(kw), c * kh)] = 1.0
+        ph, pw = self.padding
+        patches = b.node("Conv", [x, b.const(f"{path}.patch_kernel", onehot)], f"{path}.patches",
+                         kernel_shape=[kh, kw], strides=list(self.stride), pads=[ph, pw, ph, pw], group=c)
+        # (N, Q, OH, OW) -> (L, N, Q) @ (L, Q, K) -> (L, N, K) -> (N, K, OH, OW), L = OH*OW
+        cols = b.node("Reshape", [patches, b.ints(f"{path}.cols_shape", [0, q, oh * ow])], f"{path}.cols")
+        cols = b.node("Transpose", [cols], f"{path}.cols_t", perm=[2, 0, 1])
+        w = self.params["weight"].reshape(oh * ow, k, q).transpose(0, 2, 1)
+        y = b.node("MatMul", [cols, b.const(f"{path}.weight", w)], f"{path}.matmul")
+        y = b.node("Transpose", [y], f"{path}.out_t", perm=[1, 2, 0])
+        y = b.node("Reshape", [y, b.ints(f"{path}.out_shape", [0, k, oh, ow])], f"{path}.out" if self.bias else path)
+        if self.bias:
+            y = b.node("Add", [y, b.const(f"{path}.bias", self.params["bias"])], path)
+        return y, out
+
+    def torch_module(self, nn):
+        raise ConfigError("bench: PyTorch has no locally connected layer")
 
     def get_config(self) -> dict:
         def js(v):

@@ -13,27 +13,10 @@ import numpy as np
 
 from ..errors import ConfigError, ShapeError
 from ..ops.norm import batchnorm_backward, batchnorm_forward, batchnorm_running_update, lrn_backward, lrn_forward
-from .base import LAYER_TYPES, Layer, check_dtype, make_rng
-
-
-def _real(value, name: str, layer: str, minimum: float | None = None, strict: bool = False,
-          maximum: float | None = None) -> float:
-    """``value`` as a finite float within bounds, else a ConfigError naming the layer."""
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not math.isfinite(value):
-        raise ConfigError(f"{layer}: {name} must be a finite real number, got {value!r}")
-    value = float(value)
-    if minimum is not None and (value <= minimum if strict else value < minimum):
-        raise ConfigError(f"{layer}: {name} must be {'>' if strict else '>='} {minimum}, got {value!r}")
-    if maximum is not None and value > maximum:
-        raise ConfigError(f"{layer}: {name} must be <= {maximum}, got {value!r}")
-    return value
-
-
-def _count(value, name: str, layer: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
-        raise ConfigError(f"{layer}: {name} must be a positive int, got {value!r}")
-    return int(value)
+from .._util import check_int as _count
+from .._util import check_real as _real
+from .._util import make_rng
+from .base import LAYER_TYPES, Layer, LayerMemory, SpecToken, check_dtype, elementwise_costs
 
 
 class _BatchNorm(Layer):
@@ -107,6 +90,39 @@ class _BatchNorm(Layer):
         if dbias is not None:
             self.grads["bias"] = dbias.astype(self.params["bias"].dtype, copy=False)
 
+    # --- facts ----------------------------------------------------------------------------------
+    costs = elementwise_costs(2)   # scale and shift at inference
+
+    def memory(self, in_shapes, out_shape, n, b, in_nhwc=False):
+        """Keeps the normalised input; two temporaries in forward, three in backward."""
+        ob = math.prod(out_shape) * n * b
+        return LayerMemory(out_bytes=ob, saved=ob, fwd_work=2 * ob, bwd_work=3 * ob,
+                           grad_bytes=self._param_bytes(), out_nhwc=in_nhwc)
+
+    def shardable(self, train):
+        return not train   # training normalises with statistics over the whole batch
+
+    report_role = "transparent"
+
+    def to_onnx(self, b, x, shape, path):
+        """BatchNormalization (inference), with ones/zeros for a missing scale/shift."""
+        c = self.num_features
+        inputs = [x, b.const(f"{path}.weight", self.params.get("weight", np.ones(c))),
+                  b.const(f"{path}.bias", self.params.get("bias", np.zeros(c))),
+                  b.const(f"{path}.running_mean", self.buffers["running_mean"]),
+                  b.const(f"{path}.running_var", self.buffers["running_var"])]
+        return b.node("BatchNormalization", inputs, path, epsilon=float(self.eps)), tuple(self.output_shape(shape))
+
+    def to_spec(self, next_layer, shape):
+        if (self.eps, self.momentum, self.affine, self.use_bias) != (1e-5, 0.1, True, True):
+            raise self.no_spelling("BN stands for the default eps=1e-5, momentum=0.1, affine=True only")
+        return "BN"
+
+    def torch_module(self, nn):
+        if self.affine and not self.use_bias:
+            raise ConfigError(f"bench: {self!r}: PyTorch batch norm has no bias=False")
+        return getattr(nn, type(self).__name__)(self.num_features, self.eps, self.momentum, affine=self.affine)
+
     def get_config(self) -> dict:
         cfg = {"num_features": self.num_features, "eps": self.eps, "momentum": self.momentum,
                "affine": self.affine, "dtype": str(self.buffers["running_mean"].dtype)}
@@ -121,6 +137,9 @@ class _BatchNorm(Layer):
         dt = str(self.buffers["running_mean"].dtype)
         return s + (f", dtype={dt!r}" if dt != "float32" else "")
 
+
+#: The spec item NORM: AlexNet's LRN constants.
+LRN_ALEXNET = {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0}
 
 LAYER_TYPES.pop("_BatchNorm", None)  # a shared base, not a layer type of its own
 
@@ -137,6 +156,17 @@ class BatchNorm1d(_BatchNorm):
     """
 
     _layouts = {1: "(C,)", 2: "(C, L)"}
+    fc_conv_role = "pointwise"
+
+    def to_fully_convolutional(self, st, where):
+        """After an FC it reads a vector: a BatchNorm2d with the same numbers reads the (K, 1, 1) map."""
+        if len(st.orig) != 1:
+            return super().to_fully_convolutional(st, where)
+        bn = BatchNorm2d(self.num_features, eps=self.eps, momentum=self.momentum, affine=self.affine,
+                         dtype=self.buffers["running_mean"].dtype, bias=self.use_bias)
+        bn.load_state_dict({k: np.array(v, copy=True) for k, v in self.state_dict().items()})
+        st.new = (st.orig[0], 1, 1)
+        return bn
 
 
 class BatchNorm2d(_BatchNorm):
@@ -151,6 +181,13 @@ class BatchNorm2d(_BatchNorm):
     """
 
     _layouts = {3: "(C, H, W)"}
+    fc_conv_role = "spatial"
+    spec_tokens = (SpecToken("BN"),)
+
+    @classmethod
+    def from_spec(cls, token, args, opts, shape, rng, dtype):
+        """``BN``: BatchNorm2d on a volume, BatchNorm1d on a vector."""
+        return [(cls if len(shape) == 3 else BatchNorm1d)(shape[0], dtype=dtype)]
 
 
 class LocalResponseNorm(Layer):
@@ -191,6 +228,57 @@ class LocalResponseNorm(Layer):
         cache = self._pop_cache(dout, self._out_shape)
         self.grads = {}
         return lrn_backward(dout, cache)
+
+    # --- facts ----------------------------------------------------------------------------------
+    def costs(self, in_shapes, out_shape):
+        """2*size + 3 FLOPs per element (squares, the window sum, scale, power, divide)."""
+        return 0, (2 * self.size + 3) * math.prod(out_shape)
+
+    def memory(self, in_shapes, out_shape, n, b, in_nhwc=False):
+        """Keeps its input, its output and the denominators."""
+        ob = math.prod(out_shape) * n * b
+        return LayerMemory(out_bytes=ob, keeps_input=True, keeps_output=True, saved=2 * ob, fwd_work=2 * ob,
+                           bwd_work=3 * ob)
+
+    def shardable(self, train):
+        return True
+
+    fc_conv_role = "spatial"
+    absent_facts = frozenset({"report_role"})
+
+    def to_onnx(self, b, x, shape, path):
+        """LRN for odd sizes on 4-d inputs (ONNX divides alpha by size too, and its window is PyTorch's
+        for odd sizes); even sizes and other ranks: Mul, AveragePool over the channels, Pow, Div."""
+        shape = tuple(self.output_shape(shape))
+        n = self.size
+        if n % 2 == 1 and len(shape) == 3:
+            return b.node("LRN", [x], path, size=n, alpha=float(self.alpha), beta=float(self.beta),
+                          bias=float(self.k)), shape
+        c = shape[0]  # PyTorch's window c - n//2 .. c + (n-1)//2: a zero-padded channel average
+        sq = b.node("Mul", [x, x], f"{path}.square")
+        flat = b.node("Reshape", [sq, b.ints(f"{path}.shape4", [0, 1, c, -1])], f"{path}.flat")
+        mean = b.node("AveragePool", [flat], f"{path}.window", kernel_shape=[n, 1], strides=[1, 1],
+                      pads=[n // 2, 0, (n - 1) // 2, 0], count_include_pad=1)
+        mean = b.node("Reshape", [mean, b.ints(f"{path}.shape", [0, *shape])], f"{path}.unflat")
+        scaled = b.node("Mul", [mean, b.const(f"{path}.alpha", self.alpha)], f"{path}.scaled")
+        base = b.node("Add", [scaled, b.const(f"{path}.k", self.k)], f"{path}.base")
+        denom = b.node("Pow", [base, b.const(f"{path}.beta", self.beta)], f"{path}.denom")
+        return b.node("Div", [x, denom], path), shape
+
+    spec_tokens = (SpecToken("NORM", volume=True),)
+
+    @classmethod
+    def from_spec(cls, token, args, opts, shape, rng, dtype):
+        """``NORM``: AlexNet's constants, LocalResponseNorm(5, alpha=1e-4, beta=0.75, k=2)."""
+        return [cls(**LRN_ALEXNET)]
+
+    def to_spec(self, next_layer, shape):
+        if {k: getattr(self, k) for k in LRN_ALEXNET} != LRN_ALEXNET:
+            raise self.no_spelling(f"NORM stands for LocalResponseNorm{tuple(LRN_ALEXNET.values())} only")
+        return "NORM"
+
+    def torch_module(self, nn):
+        return nn.LocalResponseNorm(self.size, self.alpha, self.beta, self.k)
 
     def get_config(self) -> dict:
         return {"size": self.size, "alpha": self.alpha, "beta": self.beta, "k": self.k}

@@ -13,10 +13,15 @@ ShapeError otherwise; ``"floor"`` is PyTorch's default, ``"ceil"`` is PyTorch's
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
 from ..errors import ConfigError, ShapeError
 from ..ops import pool as ops
+from ..ops.backend import array_module
 from ..ops.im2col import ROUNDING_MODES, output_hw, pair
-from .base import Layer
+from .base import Layer, LayerMemory, SpecToken, square
 
 
 def _config_pair(value: tuple[int, int]):
@@ -71,6 +76,31 @@ class _WindowPool:
         cfg["rounding"] = self.rounding
         return cfg
 
+    # --- facts shared by the window pools ---------------------------------------------------------
+    def shardable(self, train):
+        return True
+
+    fc_conv_role = "spatial"
+    absent_facts = frozenset({"report_role"})  # the report's search stops at a pool
+
+    def stride_hw(self):
+        return self.stride
+
+    def _padded_hw(self, in_shape, out_shape) -> tuple[int, int]:
+        """The padded input the windows read (with any ceil-mode overhang)."""
+        (_, h, w), (_, oh, ow) = in_shape, out_shape
+        (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.kernel_size, self.stride, self.padding, self.dilation
+        return max(h + 2 * ph, (oh - 1) * sh + dh * (kh - 1) + 1), max(w + 2 * pw, (ow - 1) * sw + dw * (kw - 1) + 1)
+
+    def _pool_spec(self, prefix: str) -> str:
+        if self.rounding != "exact":
+            raise self.no_spelling("only rounding='exact' has a spelling")
+        if self.dilation != (1, 1):
+            raise self.no_spelling("dilation must be 1")
+        f, s, p = (square(v, name, self) for v, name in ((self.kernel_size, "kernel_size"),
+                                                         (self.stride, "stride"), (self.padding, "padding")))
+        return f"{prefix}{f}" + (f"/S{s}" if s != f else "") + (f"/P{p}" if p else "")
+
     def _geometry_repr(self) -> str:
         parts = [f"kernel_size={_repr_pair(self.kernel_size)}", f"stride={_repr_pair(self.stride)}"]
         if self.padding != (0, 0):
@@ -108,6 +138,48 @@ class MaxPool2d(_WindowPool, Layer):
         cache = _pop(self, dout)
         return ops.maxpool2d_backward(dout, cache)
 
+    def costs(self, in_shapes, out_shape):
+        """KH*KW - 1 comparisons per output."""
+        return 0, (math.prod(self.kernel_size) - 1) * math.prod(out_shape)
+
+    def memory(self, in_shapes, out_shape, n, b, in_nhwc=False):
+        """Keeps 1-byte switches (4 for windows over 256 taps); a padded copy; per-tap gradients in backward."""
+        out = math.prod(out_shape) * n
+        hp, wp = self._padded_hw(in_shapes[0], out_shape)
+        padded = n * in_shapes[0][0] * hp * wp * b
+        copy_bytes = padded if (in_nhwc or (hp, wp) != tuple(in_shapes[0][1:])) else 0
+        idx = 1 if math.prod(self.kernel_size) <= 256 else 4
+        return LayerMemory(out_bytes=out * b, saved=out * idx, fwd_work=copy_bytes + 3 * out + out * idx,
+                           bwd_work=math.prod(self.kernel_size) * out * b + out, dx_bytes=padded)
+
+    def to_onnx(self, b, x, shape, path):
+        """MaxPool, the ceil-mode overhang as extra end padding; a -inf Pad first where a pad would
+        reach the kernel size (onnxruntime refuses pads >= kernel)."""
+        pads, out = b.window_pads(self, shape, self.kernel_size, self.stride, self.padding, self.dilation,
+                                  path, "MaxPool")
+        attrs = {"dilations": list(self.dilation)} if self.dilation != (1, 1) else {}
+        kh, kw = self.kernel_size
+        if max(pads[0], pads[2]) >= kh or max(pads[1], pads[3]) >= kw:
+            x = b.node("Pad", [x, b.ints(f"{path}.pads", [0, 0, pads[0], pads[1], 0, 0, pads[2], pads[3]]),
+                               b.const(f"{path}.fill", -np.inf)], f"{path}.pad")
+            pads = [0, 0, 0, 0]
+        y = b.node("MaxPool", [x], path, kernel_shape=[kh, kw], strides=list(self.stride), pads=pads, **attrs)
+        return y, out
+
+    spec_tokens = (SpecToken("POOL", "F", ("S", "P"), volume=True, arg_names=("the window size",)),)
+
+    @classmethod
+    def from_spec(cls, token, args, opts, shape, rng, dtype):
+        """``POOL<F>``: F x F max pooling, stride F unless /S, /P padding."""
+        return [cls(args[0], stride=opts.get("S", args[0]), padding=opts.get("P", 0))]
+
+    def to_spec(self, next_layer, shape):
+        return self._pool_spec("POOL")
+
+    def torch_module(self, nn):
+        return nn.MaxPool2d(self.kernel_size, self.stride, self.padding, self.dilation,
+                            ceil_mode=self.rounding == "ceil")
+
     def get_config(self) -> dict:
         return self._geometry_config()
 
@@ -137,6 +209,46 @@ class AvgPool2d(_WindowPool, Layer):
     def backward(self, dout):
         cache = _pop(self, dout)
         return ops.avgpool2d_backward(dout, cache)
+
+    def costs(self, in_shapes, out_shape):
+        """KH*KW adds per output."""
+        return 0, math.prod(self.kernel_size) * math.prod(out_shape)
+
+    def memory(self, in_shapes, out_shape, n, b, in_nhwc=False):
+        """Keeps nothing but its geometry; a padded copy in forward, a padded dx in backward."""
+        hp, wp = self._padded_hw(in_shapes[0], out_shape)
+        padded = n * in_shapes[0][0] * hp * wp * b
+        copy_bytes = padded if (in_nhwc or (hp, wp) != tuple(in_shapes[0][1:])) else 0
+        ob = math.prod(out_shape) * n * b
+        return LayerMemory(out_bytes=ob, fwd_work=copy_bytes, bwd_work=ob, dx_bytes=padded)
+
+    def to_onnx(self, b, x, shape, path):
+        """AveragePool with count_include_pad=1; a ceil-mode overhang is made explicit (Pad) and the
+        pool counts only what lies inside the padded input there, PyTorch's divisor."""
+        pads, out = b.window_pads(self, shape, self.kernel_size, self.stride, self.padding, (1, 1),
+                                  path, "AveragePool")
+        ph, pw = self.padding
+        eh, ew = max(0, pads[2] - ph), max(0, pads[3] - pw)  # ceil-mode overhang past the padded input
+        geometry = {"kernel_shape": list(self.kernel_size), "strides": list(self.stride)}
+        if eh == 0 and ew == 0:
+            return b.node("AveragePool", [x], path, pads=pads, count_include_pad=1, **geometry), out
+        if ph or pw:  # at the end only as far as the windows read (less where ceil drops a window)
+            x = b.node("Pad", [x, b.ints(f"{path}.pads", [0, 0, ph, pw, 0, 0, min(ph, pads[2]), min(pw, pads[3])])],
+                       f"{path}.pad")
+        return b.node("AveragePool", [x], path, pads=[0, 0, eh, ew], count_include_pad=0, **geometry), out
+
+    spec_tokens = (SpecToken("AVGPOOL", "F", ("S", "P"), volume=True, arg_names=("the window size",)),)
+
+    @classmethod
+    def from_spec(cls, token, args, opts, shape, rng, dtype):
+        """``AVGPOOL<F>``: F x F average pooling, stride F unless /S, /P padding."""
+        return [cls(args[0], stride=opts.get("S", args[0]), padding=opts.get("P", 0))]
+
+    def to_spec(self, next_layer, shape):
+        return self._pool_spec("AVGPOOL")
+
+    def torch_module(self, nn):
+        return nn.AvgPool2d(self.kernel_size, self.stride, self.padding, ceil_mode=self.rounding == "ceil")
 
     def get_config(self) -> dict:
         return self._geometry_config()
@@ -175,6 +287,47 @@ class LPPool2d(_WindowPool, Layer):
         cache = _pop(self, dout)
         return ops.lppool2d_backward(dout, cache)
 
+    def costs(self, in_shapes, out_shape):
+        """A power and an add per tap."""
+        return 0, 2 * math.prod(self.kernel_size) * math.prod(out_shape)
+
+    def memory(self, in_shapes, out_shape, n, b, in_nhwc=False):
+        """Keeps its input, its output and the window sums."""
+        ib, ob = math.prod(in_shapes[0]) * n * b, math.prod(out_shape) * n * b
+        return LayerMemory(out_bytes=ob, keeps_input=True, keeps_output=True, saved=ob, fwd_work=ib + ob,
+                           bwd_work=3 * ob + 2 * ib)
+
+    def to_onnx(self, b, x, shape, path):
+        """LpPool for an even integer p without overhang (x^p = |x|^p there); otherwise Pow ->
+        AveragePool -> Mul(KH*KW) -> Pow(1/p), PyTorch's formula; p = inf: Abs + MaxPool."""
+        pads, out = b.window_pads(self, shape, self.kernel_size, self.stride, (0, 0), (1, 1), path, "LpPool")
+        geometry = {"kernel_shape": list(self.kernel_size), "strides": list(self.stride)}
+        p = float(self.norm_type)
+        if math.isinf(p):
+            a = b.node("Abs", [x], f"{path}.abs")
+            return b.node("MaxPool", [a], path, pads=pads, **geometry), out
+        if p.is_integer() and int(p) % 2 == 0 and not any(pads):
+            return b.node("LpPool", [x], path, p=int(p), pads=pads, **geometry), out
+        xp = b.node("Pow", [x, b.const(f"{path}.p", p)], f"{path}.pow")
+        mean = b.node("AveragePool", [xp], f"{path}.avg", pads=pads, count_include_pad=0, **geometry)
+        total = b.node("Mul", [mean, b.const(f"{path}.taps", float(math.prod(self.kernel_size)))], f"{path}.sum")
+        return b.node("Pow", [total, b.const(f"{path}.inv_p", 1.0 / p)], path), out
+
+    spec_tokens = (SpecToken("L2POOL", "F", ("S",), volume=True, arg_names=("the window size",)),)
+
+    @classmethod
+    def from_spec(cls, token, args, opts, shape, rng, dtype):
+        """``L2POOL<F>``: the notes' L2 pooling, LPPool2d(2, F), stride F unless /S."""
+        return [cls(2, args[0], stride=opts.get("S", args[0]))]
+
+    def to_spec(self, next_layer, shape):
+        if float(self.norm_type) != 2.0:
+            raise self.no_spelling("only norm_type=2 (L2POOL) has a spelling")
+        return self._pool_spec("L2POOL")
+
+    def torch_module(self, nn):
+        return nn.LPPool2d(self.norm_type, self.kernel_size, self.stride, ceil_mode=self.rounding == "ceil")
+
     def get_config(self) -> dict:
         return {"norm_type": self.norm_type, **self._geometry_config()}
 
@@ -202,5 +355,159 @@ class GlobalAvgPool2d(Layer):
             raise ShapeError(f"{self!r}: input {h}x{w} has no positions to average")
         return (c, 1, 1)
 
+    # --- facts ----------------------------------------------------------------------------------
+    def costs(self, in_shapes, out_shape):
+        """One add per input number (none when the map is already 1x1)."""
+        return 0, 0 if tuple(in_shapes[0]) == tuple(out_shape) else math.prod(in_shapes[0])
+
+    def memory(self, in_shapes, out_shape, n, b, in_nhwc=False):
+        return LayerMemory(out_bytes=math.prod(out_shape) * n * b)
+
+    def shardable(self, train):
+        return True
+
+    absent_facts = frozenset({"report_role"})
+
+    def to_fully_convolutional(self, st, where):
+        """The identity at the training size (dropped); on a larger map an H x W average pool, stride 1."""
+        return _pool_to_conv(self, (1, 1), st, where)
+
+    def to_onnx(self, b, x, shape, path):
+        return b.node("GlobalAveragePool", [x], path), tuple(self.output_shape(shape))
+
+    spec_tokens = (SpecToken("GPOOL", volume=True),)
+
+    @classmethod
+    def from_spec(cls, token, args, opts, shape, rng, dtype):
+        """``GPOOL``: global average pooling, (C, H, W) -> (C, 1, 1)."""
+        return [cls()]
+
+    def to_spec(self, next_layer, shape):
+        return "GPOOL"
+
+    def torch_module(self, nn):
+        return nn.AdaptiveAvgPool2d(1)
+
     def extra_repr(self) -> str:
         return ""
+
+
+def _pool_to_conv(layer, out_hw, st, where):
+    """FC->CONV for a pool to a fixed size: gone where it is the identity, else a sliding average pool."""
+    c, h, w = st.new
+    oh, ow = out_hw
+    st.orig = tuple(layer.output_shape(st.orig))
+    if (h, w) == (oh, ow):
+        return None
+    if h % oh or w % ow:
+        raise ConfigError(f"to_fully_convolutional: {where} pools {h}x{w} to {oh}x{ow} with uneven bins; "
+                          "only an even split becomes a sliding average pool")
+    kh, kw = h // oh, w // ow
+    st.new = (c, oh, ow)
+    return AvgPool2d((kh, kw), stride=(kh, kw) if (oh, ow) != (1, 1) else 1)
+
+
+def adaptive_bins(size: int, out: int, dtype=np.float64, xp=np):
+    """(out, size) averaging matrix: row i holds 1/len on PyTorch's adaptive bin
+    floor(i*size/out) .. ceil((i+1)*size/out) - 1."""
+    m = np.zeros((out, size), dtype=np.float64)
+    for i in range(out):
+        start = (i * size) // out
+        stop = -(-((i + 1) * size) // out)  # ceil
+        m[i, start:stop] = 1.0 / (stop - start)
+    return xp.asarray(m, dtype=dtype)
+
+
+class AdaptiveAvgPool2d(Layer):
+    """Average pooling to a fixed output size: (N, C, H, W) -> (N, C, OH, OW), PyTorch's
+    ``nn.AdaptiveAvgPool2d``.
+
+    Output (i, j) is the mean of rows floor(i*H/OH) .. ceil((i+1)*H/OH)-1 and the matching
+    columns, so bins may overlap by one row and every row is used. The pooling is separable:
+    forward is ``Ph @ x @ Pw.T`` with averaging matrices Ph (OH, H), Pw (OW, W) and backward
+    ``Ph.T @ dout @ Pw``. When (H, W) == (OH, OW) it is the identity. torchvision's VGG (7x7),
+    AlexNet (6x6) and GoogLeNet's auxiliary heads (4x4) use it to accept other input sizes.
+    """
+
+    def __init__(self, output_size):
+        super().__init__()
+        self.output_size = pair(output_size, "AdaptiveAvgPool2d output_size")
+
+    def output_shape(self, input_shape: tuple) -> tuple:
+        """(C, H, W) -> (C, OH, OW)."""
+        c, h, w = self._check_shape(input_shape, 3)
+        if h < 1 or w < 1:
+            raise ShapeError(f"{self!r}: input {h}x{w} has no positions to average")
+        return (c, *self.output_size)
+
+    def forward(self, x, train: bool = False):
+        self._check_input(x, 4)
+        h, w = x.shape[2:]
+        oh, ow = self.output_size
+        if h < 1 or w < 1:
+            raise ShapeError(f"{self!r}: input {h}x{w} has no positions to average")
+        if (h, w) == (oh, ow):
+            self._cache = (None, x.shape)
+            return x.copy()
+        xp = array_module(x)
+        ph, pw = adaptive_bins(h, oh, x.dtype, xp), adaptive_bins(w, ow, x.dtype, xp)
+        out = ph @ x @ pw.T
+        self._cache = ((ph, pw), out.shape)
+        return out
+
+    def backward(self, dout):
+        """dx = Ph.T @ dout @ Pw: each output's gradient spread evenly over its bin."""
+        mats, out_shape = self._cache if self._cache is not None else (None, None)
+        self._pop_cache(dout, out_shape)
+        if mats is None:
+            return dout.copy()
+        ph, pw = mats
+        return ph.T @ dout @ pw
+
+    # --- facts ----------------------------------------------------------------------------------
+    def costs(self, in_shapes, out_shape):
+        return 0, 0 if tuple(in_shapes[0]) == tuple(out_shape) else math.prod(in_shapes[0])
+
+    def in_place(self, in_shapes, out_shape):
+        return tuple(in_shapes[0]) == tuple(out_shape)  # the identity at its own output size
+
+    def memory(self, in_shapes, out_shape, n, b, in_nhwc=False):
+        """The two separable products' intermediates."""
+        m = LayerMemory(out_bytes=math.prod(out_shape) * n * b)
+        if tuple(in_shapes[0]) != tuple(out_shape):
+            c, h, w = in_shapes[0]
+            m.fwd_work = n * c * out_shape[1] * w * b
+            m.bwd_work = n * c * h * out_shape[2] * b
+        return m
+
+    def shardable(self, train):
+        return True
+
+    absent_facts = frozenset({"spec", "report_role"})
+
+    def to_fully_convolutional(self, st, where):
+        return _pool_to_conv(self, self.output_size, st, where)
+
+    def to_onnx(self, b, x, shape, path):
+        """Identity, GlobalAveragePool, AveragePool (the sizes divide) or two MatMuls with the
+        averaging matrices (the general bins)."""
+        out = tuple(self.output_shape(shape))
+        (h, w), (oh, ow) = shape[1:], out[1:]
+        if (h, w) == (oh, ow):
+            return b.node("Identity", [x], path), out
+        if (oh, ow) == (1, 1):
+            return b.node("GlobalAveragePool", [x], path), out
+        if h % oh == 0 and w % ow == 0:  # equal, non-overlapping bins
+            kernel = [h // oh, w // ow]
+            return b.node("AveragePool", [x], path, kernel_shape=kernel, strides=kernel), out
+        rows = b.node("MatMul", [b.const(f"{path}.rows", adaptive_bins(h, oh)), x], f"{path}.rows")
+        return b.node("MatMul", [rows, b.const(f"{path}.cols", adaptive_bins(w, ow).T)], path), out
+
+    def torch_module(self, nn):
+        return nn.AdaptiveAvgPool2d(self.output_size)
+
+    def get_config(self) -> dict:
+        return {"output_size": _config_pair(self.output_size)}
+
+    def extra_repr(self) -> str:
+        return f"output_size={_repr_pair(self.output_size)}"

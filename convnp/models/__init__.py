@@ -10,7 +10,7 @@ the model, ``input_shape`` (its default input, C, H, W) and a config that rebuil
 """
 
 from .alexnet import alexnet, alexnet_v1
-from .common import AdaptiveAvgPool2d
+from ..layers.pool import AdaptiveAvgPool2d  # noqa: F401 - a zoo name users know
 from .googlenet import AuxSequential, googlenet
 from .lenet import lenet5
 from .registry import ModelInfo, build_model, get_model, list_models, model_info, parse_model_name

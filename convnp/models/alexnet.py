@@ -27,14 +27,15 @@ divide alpha by n, so the layer gets alpha = 5e-4.
 from __future__ import annotations
 
 from ..layers.activation import ReLU
-from ..layers.base import make_rng
+from .._util import make_rng
 from ..layers.conv import Conv2d
 from ..layers.dropout import Dropout
 from ..layers.linear import Flatten, Linear
 from ..layers.norm import LocalResponseNorm
 from ..layers.pool import MaxPool2d
 from ..nets.sequential import Sequential
-from .common import AdaptiveAvgPool2d, check_int, check_prob
+from ..layers.pool import AdaptiveAvgPool2d
+from .common import check_int, check_prob
 from .registry import register
 
 #: the paper's LRN: k=2, n=5, alpha=1e-4 (not divided by n), beta=0.75, in PyTorch's convention

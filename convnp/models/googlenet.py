@@ -28,7 +28,7 @@ import numpy as np
 
 from ..errors import ConfigError, ShapeError
 from ..layers.activation import ReLU
-from ..layers.base import make_rng
+from .._util import make_rng
 from ..layers.dropout import Dropout
 from ..layers.linear import Flatten, Linear
 from ..layers.pool import GlobalAvgPool2d, MaxPool2d
@@ -37,7 +37,8 @@ from ..layers.base import layer_from_config, layer_to_config
 from ..nets.container import Container, relocate
 from ..nets.sequential import Sequential
 from ..ops.backend import array_module
-from .common import AdaptiveAvgPool2d, basic_conv, check_bool, check_int, check_prob
+from ..layers.pool import AdaptiveAvgPool2d
+from .common import basic_conv, check_bool, check_int, check_prob
 from .registry import register
 
 BN_EPS = 1e-3
@@ -90,6 +91,10 @@ class AuxSequential(Container):
     def heads(self) -> list:
         """[(name, after, head)] in order."""
         return [(name, after, self._children[name]) for name, after in self._taps.items()]
+
+    def eval_children(self) -> list:
+        """The (name, layer) chain the evaluation forward runs: the trunk, without the heads."""
+        return [(name, self._children[name]) for name in self._trunk]
 
     def forward(self, x, train: bool = False):
         run_heads = bool(train and self._taps)

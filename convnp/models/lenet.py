@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from ..errors import ConfigError
 from ..layers.activation import ReLU
-from ..layers.base import make_rng
+from .._util import make_rng
 from ..layers.conv import Conv2d
 from ..layers.linear import Flatten, Linear
 from ..layers.pool import MaxPool2d

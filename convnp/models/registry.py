@@ -17,7 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..errors import ConfigError
-from ..layers.base import make_rng
+from .._util import make_rng
 
 
 @dataclass(frozen=True)

@@ -27,17 +27,17 @@ Graphs with a ``ZeroPadShortcut`` named ``downsample``, the others ``BasicBlock`
 
 from __future__ import annotations
 
-from ..errors import ConfigError, ShapeError
+from ..errors import ConfigError
 from ..layers.activation import ReLU
-from ..layers.base import Layer, make_rng
+from .._util import make_rng
 from ..layers.conv import Conv2d
 from ..layers.linear import Flatten, Linear
 from ..layers.norm import BatchNorm2d
 from ..layers.pool import GlobalAvgPool2d, MaxPool2d
+from ..layers.shortcut import ZeroPadShortcut
 from ..nets.blocks import BasicBlock, Bottleneck, residual_block
 from ..nets.graph import Graph
 from ..nets.sequential import Sequential
-from ..ops.backend import array_module
 from .common import check_int
 from .registry import register
 
@@ -109,60 +109,6 @@ resnet152 = _imagenet_variant(152)
 
 
 # --- CIFAR-10 ResNets ------------------------------------------------------------------------------
-class ZeroPadShortcut(Layer):
-    """The paper's option-A shortcut: subsample by ``stride`` and pad the new channels with zeros.
-
-    (N, in_channels, H, W) -> (N, out_channels, (H-1)//stride+1, (W-1)//stride+1): output
-    channels [pad, pad + in_channels) hold x[:, :, ::stride, ::stride], with
-    pad = (out_channels - in_channels) // 2 (the zeros split before and after, as the common
-    CIFAR implementations do); the rest are zero. No parameters. Backward picks the
-    identity channels and scatters them back to the sampled pixels.
-    """
-
-    def __init__(self, in_channels: int, out_channels: int, stride: int = 2):
-        super().__init__()
-        self.in_channels = check_int(in_channels, "in_channels", "ZeroPadShortcut")
-        self.out_channels = check_int(out_channels, "out_channels", "ZeroPadShortcut")
-        self.stride = check_int(stride, "stride", "ZeroPadShortcut")
-        if self.out_channels < self.in_channels:
-            raise ConfigError(f"ZeroPadShortcut: out_channels ({out_channels}) must be >= in_channels "
-                              f"({in_channels}); it only adds zero channels")
-
-    def output_shape(self, input_shape: tuple) -> tuple:
-        """(C_in, H, W) -> (C_out, (H-1)//S+1, (W-1)//S+1)."""
-        _, h, w = self._check_shape(input_shape, 3, self.in_channels)
-        s = self.stride
-        return (self.out_channels, (h - 1) // s + 1, (w - 1) // s + 1)
-
-    def forward(self, x, train: bool = False):
-        self._check_input(x, 4, self.in_channels)
-        n, c, h, w = x.shape
-        if h < 1 or w < 1:
-            raise ShapeError(f"{self!r}: input {h}x{w} is empty")
-        s, pad = self.stride, (self.out_channels - self.in_channels) // 2
-        sub = x[:, :, ::s, ::s]
-        xp = array_module(x)
-        out = xp.zeros((n, self.out_channels, *sub.shape[2:]), dtype=x.dtype)
-        out[:, pad:pad + c] = sub
-        self._cache = (x.shape, out.shape)
-        return out
-
-    def backward(self, dout):
-        x_shape, out_shape = self._cache if self._cache is not None else (None, None)
-        self._pop_cache(dout, out_shape)
-        s, pad = self.stride, (self.out_channels - self.in_channels) // 2
-        xp = array_module(dout)
-        dx = xp.zeros(x_shape, dtype=dout.dtype)
-        dx[:, :, ::s, ::s] = dout[:, pad:pad + self.in_channels]
-        return dx
-
-    def get_config(self) -> dict:
-        return {"in_channels": self.in_channels, "out_channels": self.out_channels, "stride": self.stride}
-
-    def extra_repr(self) -> str:
-        return f"{self.in_channels}, {self.out_channels}, stride={self.stride}"
-
-
 def make_cifar_resnet(n: int, num_classes: int = 10, shortcut: str = "A", in_channels: int = 3, rng=None,
                       dtype="float32", name: str = "cifar_resnet") -> Sequential:
     """The paper's 6n+2-layer CIFAR ResNet (16-32-64 filters, n basic blocks per stage)."""

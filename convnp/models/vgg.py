@@ -18,14 +18,15 @@ behaviour) so odd sizes work as in torchvision; at 224 (or any multiple of 32) e
 from __future__ import annotations
 
 from ..layers.activation import ReLU
-from ..layers.base import make_rng
+from .._util import make_rng
 from ..layers.conv import Conv2d
 from ..layers.dropout import Dropout
 from ..layers.linear import Flatten, Linear
 from ..layers.norm import BatchNorm2d
 from ..layers.pool import MaxPool2d
 from ..nets.sequential import Sequential
-from .common import AdaptiveAvgPool2d, check_int, check_prob
+from ..layers.pool import AdaptiveAvgPool2d
+from .common import check_int, check_prob
 from .registry import register
 
 CONFIGS = {

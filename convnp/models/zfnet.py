@@ -26,7 +26,7 @@ The contrast normalisation after pool1/pool2 is AlexNet's LRN (see ``alexnet_v1`
 from __future__ import annotations
 
 from ..layers.activation import ReLU
-from ..layers.base import make_rng
+from .._util import make_rng
 from ..layers.conv import Conv2d
 from ..layers.linear import Flatten
 from ..layers.norm import LocalResponseNorm

@@ -15,7 +15,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError
-from ..layers.base import LAYER_TYPES, Layer, check_dtype, make_rng
+from ..layers.base import LAYER_TYPES, Layer, check_dtype
+from .._util import make_rng
 from .graph import INPUT, Add, Concat, Graph
 from .sequential import Sequential
 

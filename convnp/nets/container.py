@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError, ShapeError, StateError
-from ..layers.base import LAYER_TYPES, Layer, check_dtype, state_mismatch
+from ..layers.base import LAYER_TYPES, Layer, check_dtype
+from .._util import state_mismatch
 
 def relocate(err: Exception, name: str, extra: str = ""):
     """Prefix a child's error with its dotted path (``layer 'features.3'``) and re-raise it.

@@ -22,6 +22,7 @@ import copy
 import threading
 
 from ..errors import ShapeError, StateError
+from .container import Container, relocate
 from ..ops.backend import array_module
 from ..threads import get_num_threads, in_parallel_region, parallel_map
 
@@ -31,48 +32,19 @@ SHARDS_PER_THREAD = 2
 #: A batch is sharded only when each shard would hold at least this many input numbers.
 MIN_SHARD_ELEMENTS = 8192
 
-# Layer classes (module.qualname) whose forward treats examples independently:
-# always, or only with train=False (batch statistics / random masks in training).
-_ALWAYS = {
-    "convnp.layers.conv.Conv2d", "convnp.layers.locally_connected.LocallyConnected2d",
-    "convnp.layers.pool.MaxPool2d", "convnp.layers.pool.AvgPool2d", "convnp.layers.pool.LPPool2d",
-    "convnp.layers.pool.GlobalAvgPool2d", "convnp.models.common.AdaptiveAvgPool2d",
-    "convnp.layers.activation.ReLU", "convnp.layers.activation.LeakyReLU", "convnp.layers.activation.ELU",
-    "convnp.layers.activation.Tanh", "convnp.layers.activation.Sigmoid",
-    "convnp.layers.linear.Linear", "convnp.layers.linear.Flatten", "convnp.layers.norm.LocalResponseNorm",
-}
-_EVAL_ONLY = {"convnp.layers.norm.BatchNorm1d", "convnp.layers.norm.BatchNorm2d"}
-_DROPOUT = {"convnp.layers.dropout.Dropout", "convnp.layers.dropout.Dropout2d"}
-_SEQUENTIAL = "convnp.nets.sequential.Sequential"
-_RELU = "convnp.layers.activation.ReLU"
-
-
-def _kind(layer) -> str:
-    cls = type(layer)
-    return f"{cls.__module__}.{cls.__qualname__}"
-
-
 def shardable(layer, train: bool) -> bool:
-    """True when ``layer.forward(x, train)`` on row slices of x gives the row slices of the output."""
+    """True when ``layer.forward(x, train)`` on row slices of x gives the row slices of the output
+    (the layer's own ``shardable`` fact; never for a layer with instance hooks)."""
     if _patched(layer):
         return False  # instance hooks (DataParallel, user patches) must see the whole batch
-    kind = _kind(layer)
-    if kind in _ALWAYS:
-        return True
-    if kind in _EVAL_ONLY:
-        return not train
-    if kind in _DROPOUT:
-        return not train or layer.p == 0
-    if kind == _SEQUENTIAL:
-        return all(shardable(child, train) for child in layer.children())
-    return False
+    return layer.shardable(train)
 
 
 def replicate(layer, pairs: list, containers: list):
     """A replica of ``layer`` sharing its parameter arrays; appends (original, replica) leaf pairs."""
     rep = copy.copy(layer)
     rep._cache = None
-    if _kind(layer) == _SEQUENTIAL:
+    if isinstance(layer, Container):  # a shardable container: a chain of shardable layers
         containers.append(layer)
         rep.__dict__["_children"] = {name: replicate(child, pairs, containers)
                                      for name, child in layer.named_children()}
@@ -88,7 +60,7 @@ def _patched(layer) -> bool:
 
 def fusable(layer, nxt) -> bool:
     """True when ``layer`` can run with the ReLU ``nxt`` fused onto its output (``forward_relu``)."""
-    return (getattr(type(layer), "forward_relu", None) is not None and _kind(nxt) == _RELU
+    return (getattr(type(layer), "forward_relu", None) is not None and hasattr(type(nxt), "take_mask")
             and not _patched(layer) and not _patched(nxt))
 
 
@@ -112,8 +84,6 @@ def forward_chain(named: list, x, train: bool):
                 continue
             x = layer.forward(x, train=train)
         except ShapeError as err:
-            from .container import relocate  # noqa: PLC0415 - container imports the layers
-
             relocate(err, name)
         i += 1
     return x
@@ -212,8 +182,6 @@ def backward_segment(seg: _Segment, dout, start=None):
     finish), so a step gives bit-identical results every time it runs with the same thread count.
     """
     if tuple(dout.shape) != tuple(seg.out_shape):
-        from .container import relocate  # noqa: PLC0415
-
         relocate(ShapeError(f"dout has shape {tuple(dout.shape)} but forward produced {tuple(seg.out_shape)}"),
                  seg.names[-1])
     if seg.replicas is None:
@@ -312,8 +280,6 @@ def backward_steps(record: list, dout, input_grad: bool = True):
     Returns dx; with ``input_grad=False`` the layers before the first one with parameters are
     skipped, that one computes only its parameter gradients, and the result is None.
     """
-    from .container import relocate  # noqa: PLC0415
-
     first = None  # (step, index) of the first layer with parameters
     if not input_grad:
         for si, (kind, item) in enumerate(record):

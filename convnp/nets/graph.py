@@ -12,9 +12,10 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import ConfigError, ShapeError
-from ..layers.base import LAYER_TYPES, Layer
+import math
+
+from ..layers.base import LAYER_TYPES, Layer, LayerMemory, layer_from_config, layer_to_config
 from ..ops.backend import array_module
-from ..layers.base import layer_from_config, layer_to_config
 from .container import Container, relocate
 
 INPUT = "input"
@@ -37,6 +38,14 @@ class Merge(Layer):
                                  f"{getattr(x, 'dtype', type(x).__name__)}")
         return list(xs)
 
+    # --- facts shared by the merges: a merge's ``to_onnx`` reads a list of tensors and shapes ------
+    fc_conv_role = "spatial"
+    absent_facts = frozenset({"spec", "torch_twin", "report_role", "shardable"})  # only inside a Graph
+
+    def memory(self, in_shapes, out_shape, n, b, in_nhwc=False):
+        """Backward hands out views of dout (Concat) or dout itself (Add)."""
+        return LayerMemory(out_bytes=math.prod(out_shape) * n * b, dx_new=False)
+
 
 del LAYER_TYPES["Merge"]  # an abstract base, not a layer type of its own
 
@@ -52,6 +61,12 @@ class Concat(Merge):
         if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim < 1:
             raise ConfigError(f"Concat: dim must be an int >= 1 (axis 0 is the batch), got {dim!r}")
         self.dim = int(dim)
+
+    def costs(self, in_shapes, out_shape):
+        return 0, 0   # a copy
+
+    def to_onnx(self, b, xs, in_shapes, path):
+        return b.node("Concat", list(xs), path, axis=self.dim), tuple(self.output_shape(in_shapes))
 
     def output_shape(self, input_shape) -> tuple:
         """Shapes without the batch axis; sizes along dim add up, the rest must be equal."""
@@ -103,6 +118,18 @@ class Add(Merge):
 
     Backward hands the same dout to every input (readers must not modify it in place).
     """
+
+    def costs(self, in_shapes, out_shape):
+        """One add per output per extra input."""
+        return 0, (len(in_shapes) - 1) * math.prod(out_shape)
+
+    def memory(self, in_shapes, out_shape, n, b, in_nhwc=False):
+        m = super().memory(in_shapes, out_shape, n, b, in_nhwc)
+        m.dx_shared = True
+        return m
+
+    def to_onnx(self, b, xs, in_shapes, path):
+        return b.node("Add" if len(xs) == 2 else "Sum", list(xs), path), tuple(self.output_shape(in_shapes))
 
     def output_shape(self, input_shape) -> tuple:
         shapes = [tuple(s) for s in input_shape]

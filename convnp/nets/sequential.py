@@ -6,7 +6,7 @@ from collections import OrderedDict
 
 import numpy as np
 
-from .engine import backward_steps, forward_chain, forward_steps, plan, worth_sharding
+from .engine import backward_steps, forward_chain, forward_steps, plan, shardable, worth_sharding
 from ..errors import ConfigError, ShapeError
 from ..layers.base import Layer
 from ..layers.base import layer_from_config, layer_to_config
@@ -183,8 +183,6 @@ class Sequential(Container):
         shape = cfg.get("input_shape")
         return cls(named, input_shape=tuple(shape) if shape is not None else None, loss=cfg.get("loss"))
 
-    def spec(self, input_shape=None) -> str:
-        """This net in the notes' layer-pattern notation (see ``convnp.spec``)."""
-        from ..notation.spec import to_spec  # noqa: PLC0415 - spec imports this module
-
-        return to_spec(self, input_shape=input_shape)
+    def shardable(self, train: bool) -> bool:
+        """A chain of layers that each may be split over the batch may be split as a whole."""
+        return all(shardable(child, train) for child in self.children())

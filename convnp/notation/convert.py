@@ -28,40 +28,16 @@ import copy
 import numpy as np
 
 from ..errors import ConfigError, ShapeError
+from ..inspect.trace import input_shape_of
+from ..layers.base import Layer
+from ..nets.container import Container
+from ..nets.graph import INPUT, Graph, Merge
+from ..nets.sequential import Sequential
 
 __all__ = ["dense_eval", "to_fully_convolutional", "total_stride"]
 
-# Layers that act per element or per channel: they work on an (N, K, 1, 1) map as on (N, K).
-_POINTWISE = ("ReLU", "LeakyReLU", "ELU", "Tanh", "Sigmoid", "Dropout", "Identity")
-# Layers that already slide over space.
-_SPATIAL = ("Conv2d", "MaxPool2d", "AvgPool2d", "LPPool2d", "Dropout2d", "BatchNorm2d", "LocalResponseNorm",
-            "ZeroPadShortcut")
-
-
-def _classes():
-    """The layer and container classes, imported late (the nets import the layers)."""
-    from types import SimpleNamespace  # noqa: PLC0415
-
-    from ..layers.conv import Conv2d  # noqa: PLC0415
-    from ..layers.norm import BatchNorm2d  # noqa: PLC0415
-    from ..layers.pool import AvgPool2d  # noqa: PLC0415
-    from ..nets.container import Container  # noqa: PLC0415
-    from ..nets.graph import INPUT, Graph, Merge  # noqa: PLC0415
-    from ..nets.sequential import Sequential  # noqa: PLC0415
-
-    return SimpleNamespace(Conv2d=Conv2d, BatchNorm2d=BatchNorm2d, AvgPool2d=AvgPool2d, Container=Container,
-                           Graph=Graph, Merge=Merge, Sequential=Sequential, INPUT=INPUT)
-
-
 def _training_shape(net, input_shape) -> tuple:
-    from ..inspect.summary import parse_input_shape  # noqa: PLC0415
-
-    if input_shape is None:
-        input_shape = getattr(net, "input_shape", None)
-        if input_shape is None:
-            raise ConfigError("pass input_shape=(C, H, W), the size the net was trained on; "
-                              "this net has none recorded")
-    shape = parse_input_shape(input_shape)
+    shape = input_shape_of(net, input_shape, "the size the net was trained on")
     if len(shape) != 3:
         raise ConfigError(f"a fully convolutional net needs an image input (C, H, W), got {shape}")
     return shape
@@ -76,95 +52,33 @@ class _State:
         self.new = tuple(shape)    # e.g. (512, 7, 7): the converted net keeps the volume
 
 
-def _as_volume(shape: tuple) -> tuple:
-    return shape if len(shape) == 3 else (shape[0], 1, 1)
-
-
-def _convert_leaf(layer, path: str, st: _State):
-    """The converted layer (None to drop it) for ``layer`` reading ``st``; updates ``st``."""
-    L = _classes()
-    kind = type(layer).__name__
-    where = f"{path!r} ({layer!r})"
-    if kind == "Flatten":
-        out = tuple(layer.output_shape(st.orig))
-        if len(st.new) == 3 and (layer.start_dim, layer.end_dim) not in ((1, -1), (1, 3)):
-            raise ConfigError(f"to_fully_convolutional: {where} flattens only part of the volume")
-        st.orig = out
-        return None  # the volume stays a volume
-    if kind == "Linear":
-        st.orig = tuple(layer.output_shape(st.orig))
-        c, h, w = _as_volume(st.new)
-        if c * h * w != layer.in_features:
-            raise ShapeError(f"to_fully_convolutional: {where} takes {layer.in_features} features but its "
-                             f"input volume is {h}x{w}x{c} = {c * h * w}")
-        weight = layer.params["weight"]
-        conv = L.Conv2d(c, layer.out_features, (h, w), bias=layer.has_bias, dtype=weight.dtype)
-        conv.params["weight"] = np.ascontiguousarray(weight.reshape(layer.out_features, c, h, w)).copy()
-        if layer.has_bias:
-            conv.params["bias"] = layer.params["bias"].copy()
-        st.new = (layer.out_features, 1, 1)
-        return conv
-    if kind == "BatchNorm1d" and len(st.orig) == 1:
-        bn = L.BatchNorm2d(layer.num_features, eps=layer.eps, momentum=layer.momentum, affine=layer.affine,
-                         dtype=next(iter(layer.buffers.values())).dtype, bias=layer.use_bias)
-        bn.load_state_dict({k: np.array(v, copy=True) for k, v in layer.state_dict().items()})
-        st.new = _as_volume(st.orig)
-        return bn
-    if kind in ("GlobalAvgPool2d", "AdaptiveAvgPool2d"):
-        c, h, w = st.new
-        oh, ow = (1, 1) if kind == "GlobalAvgPool2d" else layer.output_size
-        st.orig = tuple(layer.output_shape(st.orig))
-        if (h, w) == (oh, ow):
-            return None  # the identity at the training size
-        if h % oh or w % ow:
-            raise ConfigError(f"to_fully_convolutional: {where} pools {h}x{w} to {oh}x{ow} with uneven bins; "
-                              "only an even split becomes a sliding average pool")
-        kh, kw = h // oh, w // ow
-        st.new = (c, oh, ow)
-        return L.AvgPool2d((kh, kw), stride=(kh, kw) if (oh, ow) != (1, 1) else 1)
-    if kind == "LocallyConnected2d":
-        raise ConfigError(f"to_fully_convolutional: {where} has one filter per output position, so it "
-                          "cannot slide over a larger input")
-    if kind in _POINTWISE:  # the same shape out as in, in either net
-        st.orig = tuple(layer.output_shape(st.orig))
-        return copy.deepcopy(layer)
-    if len(st.orig) == 3 and (kind in _SPATIAL or len(st.new) == 3):
-        st.orig = tuple(layer.output_shape(st.orig))
-        st.new = st.orig
-        return copy.deepcopy(layer)
-    raise ConfigError(f"to_fully_convolutional: cannot turn {where} into a convolution (it reads a vector "
-                      f"of shape {st.orig})")
-
-
 def _needs_change(layer) -> bool:
-    L = _classes()
-    if isinstance(layer, L.Container):
+    """True when some leaf converts itself (an FC, a Flatten, a pool to a fixed size ...)."""
+    if isinstance(layer, Container):
         return any(_needs_change(child) for child in layer.children())
-    return type(layer).__name__ in ("Flatten", "Linear", "BatchNorm1d", "GlobalAvgPool2d", "AdaptiveAvgPool2d",
-                                    "LocallyConnected2d")
+    return type(layer).to_fully_convolutional is not Layer.to_fully_convolutional
 
 
 def _convert(layer, path: str, st: _State):
-    L = _classes()
-    if isinstance(layer, L.Container) and not _needs_change(layer):
+    if isinstance(layer, Container) and not _needs_change(layer):
         st.orig = tuple(layer.output_shape(st.orig))
         st.new = st.orig
         return copy.deepcopy(layer)
-    if isinstance(layer, L.Sequential):
+    if isinstance(layer, Sequential):
         named = []
         for name, child in layer.named_children():
             new = _convert(child, f"{path}.{name}" if path else name, st)
-            if new is not None and not (isinstance(new, L.Sequential) and len(new) == 0):
+            if new is not None and not (isinstance(new, Sequential) and len(new) == 0):
                 named.append((name, new))
-        return L.Sequential(named, loss=layer.loss)
-    if isinstance(layer, L.Graph):
-        states = {L.INPUT: _State(st.orig)}
-        states[L.INPUT].new = st.new
+        return Sequential(named, loss=layer.loss)
+    if isinstance(layer, Graph):
+        states = {INPUT: _State(st.orig)}
+        states[INPUT].new = st.new
         alias, nodes = {}, []
         for name in layer.order:
             child, reads = layer[name], layer.inputs_of(name)
             srcs = tuple(alias.get(s, s) for s in reads)  # a dropped node passes its input on
-            if isinstance(child, L.Merge):
+            if isinstance(child, Merge):
                 ins = [states[s] for s in reads]
                 if any(len(s.new) != 3 for s in ins):  # pragma: no cover - a merge of vectors is unusual
                     raise ConfigError(f"to_fully_convolutional: merge {name!r} reads vectors")
@@ -184,12 +98,12 @@ def _convert(layer, path: str, st: _State):
         output = alias.get(layer.output_name, layer.output_name)
         st.orig, st.new = states[layer.output_name].orig, states[layer.output_name].new
         if not nodes:
-            return L.Sequential([])
-        return L.Graph(nodes, output=output)
-    if isinstance(layer, L.Container):
+            return Sequential([])
+        return Graph(nodes, output=output)
+    if isinstance(layer, Container):
         raise ConfigError(f"to_fully_convolutional: {path!r} is a {type(layer).__name__}, which cannot be "
                           "rebuilt; only Sequential and Graph containers can hold the converted layers")
-    return _convert_leaf(layer, path, st)
+    return layer.to_fully_convolutional(st, f"{path!r} ({layer!r})")
 
 
 def to_fully_convolutional(net, input_shape=None):
@@ -200,15 +114,14 @@ def to_fully_convolutional(net, input_shape=None):
     is that training size; its output is (N, K, OH, OW), (N, K, 1, 1) at the training size.
     Raises ConfigError for a layer that cannot slide (e.g. a locally connected layer).
     """
-    L = _classes()
     shape = _training_shape(net, input_shape)
     st = _State(shape)
     new = _convert(net, "", st)
     if new is None:
         raise ConfigError("to_fully_convolutional: the net is a single layer that converts to nothing")
-    if not isinstance(new, L.Container):
-        new = L.Sequential([new])
-    if isinstance(new, L.Sequential):
+    if not isinstance(new, Container):
+        new = Sequential([new])
+    if isinstance(new, Sequential):
         new.input_shape = shape
     if len(st.new) != 3:  # pragma: no cover - every converted path ends in a volume
         raise ConfigError(f"to_fully_convolutional: the converted net ends in shape {st.new}, not a volume")
@@ -216,42 +129,29 @@ def to_fully_convolutional(net, input_shape=None):
 
 
 # --- strides --------------------------------------------------------------------------------------
-def _layer_stride(layer) -> tuple:
-    kind = type(layer).__name__
-    if kind in ("Linear", "Flatten", "GlobalAvgPool2d", "AdaptiveAvgPool2d"):
-        return (1, 1)
-    value = getattr(layer, "stride", None)
-    if value is None:
-        return (1, 1)
-    if isinstance(value, (int, np.integer)):
-        return (int(value), int(value))
-    return (int(value[0]), int(value[1]))
-
-
 def _stride(layer) -> tuple:
-    L = _classes()
-    if isinstance(layer, L.Sequential):
+    if isinstance(layer, Sequential):
         sh = sw = 1
         for child in layer.children():
             h, w = _stride(child)
             sh, sw = sh * h, sw * w
         return sh, sw
-    if isinstance(layer, L.Graph):
-        strides = {L.INPUT: (1, 1)}
+    if isinstance(layer, Graph):
+        strides = {INPUT: (1, 1)}
         for name in layer.order:
             srcs = [strides[s] for s in layer.inputs_of(name)]
             if len(set(srcs)) != 1:
                 raise ConfigError(f"total_stride: merge {name!r} joins paths with strides {srcs}")
-            h, w = (1, 1) if isinstance(layer[name], L.Merge) else _stride(layer[name])
+            h, w = (1, 1) if isinstance(layer[name], Merge) else _stride(layer[name])
             strides[name] = (srcs[0][0] * h, srcs[0][1] * w)
         return strides[layer.output_name]
-    if isinstance(layer, L.Container):
+    if isinstance(layer, Container):
         sh = sw = 1
         for child in layer.children():
             h, w = _stride(child)
             sh, sw = sh * h, sw * w
         return sh, sw
-    return _layer_stride(layer)
+    return tuple(layer.stride_hw())
 
 
 def total_stride(net) -> int:
@@ -267,13 +167,6 @@ def total_stride(net) -> int:
 
 
 # --- dense evaluation -----------------------------------------------------------------------------
-def _has_fc(net) -> bool:
-    L = _classes()
-    if isinstance(net, L.Container):
-        return any(_has_fc(c) for c in net.children())
-    return type(net).__name__ in ("Linear", "Flatten", "GlobalAvgPool2d", "AdaptiveAvgPool2d")
-
-
 def dense_eval(net, image, stride: int | None = None, input_shape=None):
     """Class scores of every training-size crop of ``image`` whose corner lies on a ``stride`` grid.
 
@@ -285,7 +178,7 @@ def dense_eval(net, image, stride: int | None = None, input_shape=None):
     in evaluation mode once per shift, (S/stride)^2 passes in all, never once per crop.
     """
     shape = _training_shape(net, input_shape)
-    fc = to_fully_convolutional(net, shape) if _has_fc(net) else net
+    fc = to_fully_convolutional(net, shape) if _needs_change(net) else net
     s_total = total_stride(fc)
     stride = s_total if stride is None else stride
     if isinstance(stride, bool) or not isinstance(stride, (int, np.integer)) or stride < 1:

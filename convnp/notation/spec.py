@@ -38,25 +38,37 @@ gives the same layers with the same configs (dtype aside: pass ``dtype=`` to ``p
 from __future__ import annotations
 
 import functools
-import math
 import re
 
 import numpy as np
 
+from .._util import make_rng
 from ..errors import ConfigError, ShapeError
-from ..layers.base import make_rng
+from ..layers import LAYER_TYPES
+from ..nets.container import Container
+from ..nets.sequential import Sequential
 
-__all__ = ["SpecError", "parse", "to_spec"]
+__all__ = ["SpecError", "TOKENS", "parse", "to_spec"]
 
-LRN_ALEXNET = {"size": 5, "alpha": 1e-4, "beta": 0.75, "k": 2.0}
 LOSS_TOKENS = {"SOFTMAX": "softmax", "SVM": "svm"}
 
+
+def _layer_tokens() -> dict:
+    """keyword -> (SpecToken, the layer class that parses it), from every registered layer type's own
+    ``spec_tokens`` (a subclass does not inherit its parent's items)."""
+    out = {}
+    for cls in LAYER_TYPES.values():
+        for tok in cls.__dict__.get("spec_tokens", ()):
+            if tok.keyword in out or tok.keyword in ("INPUT", *LOSS_TOKENS):
+                raise ConfigError(f"spec item {tok.keyword} is claimed twice ({out[tok.keyword][1].__name__ if tok.keyword in out else 'the notation'} and {cls.__name__})")
+            out[tok.keyword] = (tok, cls)
+    return out
+
+
+#: The notation's layer items: keyword -> (SpecToken, layer class).
+TOKENS = _layer_tokens()
 # Longest first, so that LRELU wins over RELU-like prefixes and AVGPOOL over POOL.
-KEYWORDS = sorted(["INPUT", "CONV", "POOL", "AVGPOOL", "L2POOL", "GPOOL", "RELU", "LRELU", "ELU", "TANH",
-                   "SIGMOID", "NORM", "BN", "DROPOUT", "FC", "FLATTEN", "SOFTMAX", "SVM"],
-                  key=lambda k: (-len(k), k))
-# The /options each item accepts.
-OPTIONS = {"CONV": ("S", "P", "NB"), "POOL": ("S", "P"), "AVGPOOL": ("S", "P"), "L2POOL": ("S",), "FC": ("NB",)}
+KEYWORDS = sorted(["INPUT", *LOSS_TOKENS, *TOKENS], key=lambda k: (-len(k), k))
 
 _NUMBER = re.compile(r"-?(\d+\.?\d*|\.\d+)(E[-+]?\d+)?")
 _INT = re.compile(r"\d+")
@@ -200,6 +212,9 @@ class _Parser:
             self.error(f"unknown layer {word!r}; expected one of {', '.join(sorted(KEYWORDS))} or '['")
         self.pos += len(kind)
         args: tuple = ()
+        token = TOKENS[kind][0] if kind in TOKENS else None
+        grammar = token.args if token else ""
+        names = (token.arg_names if token else ()) + ("the number", "the number")
         if kind == "INPUT":
             if self.accept("["):
                 dims = [self.integer("a size in INPUT[HxWxC]")]
@@ -211,30 +226,30 @@ class _Parser:
                     self.error("INPUT sizes must be positive", start)
                 self.expect("]", "'x' or ']' in INPUT[HxWxC]")
                 args = tuple(dims)
-        elif kind == "CONV":
-            f = self.integer("the filter size F after CONV (as in CONV3-32)")
-            self.dash(f"'-' and the number of filters after CONV{f} (as in CONV{f}-32)")
-            k = self.integer(f"the number of filters after CONV{f}- (as in CONV{f}-32)")
+        elif grammar == "F-K":
+            f = self.integer(f"{names[0]} after {kind} (as in {kind}3-32)")
+            self.dash(f"'-' and {names[1]} after {kind}{f} (as in {kind}{f}-32)")
+            k = self.integer(f"{names[1]} after {kind}{f}- (as in {kind}{f}-32)")
             args = (f, k)
-        elif kind in ("POOL", "AVGPOOL", "L2POOL"):
-            args = (self.integer(f"the window size after {kind} (as in {kind}2)"),)
-        elif kind == "FC":
-            self.dash("'-' and the number of outputs after FC (as in FC-10)")
-            args = (self.integer("the number of outputs after FC- (as in FC-10)"),)
-        elif kind in ("LRELU", "ELU", "DROPOUT"):
+        elif grammar == "F":
+            args = (self.integer(f"{names[0]} after {kind} (as in {kind}2)"),)
+        elif grammar == "-N":
+            self.dash(f"'-' and {names[0]} after {kind} (as in {kind}-10)")
+            args = (self.integer(f"{names[0]} after {kind}- (as in {kind}-10)"),)
+        elif grammar == "X?":
             value = self.number()
             args = () if value is None else (value,)
         opts = self.options(kind)
         item = _Item(kind, args, opts, start, self.pos)
-        for name, value in (("F", args[0] if kind in ("CONV", "POOL", "AVGPOOL", "L2POOL") else 1),
-                            ("K", args[1] if kind == "CONV" else 1), ("S", opts.get("S", 1))):
+        for name, value in (("F", args[0] if grammar in ("F", "F-K") else 1),
+                            ("K", args[1] if grammar == "F-K" else 1), ("S", opts.get("S", 1))):
             if value < 1:
                 self.error(f"{name} must be at least 1 in {self.source(item)}", start)
         return item
 
     def options(self, kind: str) -> dict:
         opts: dict = {}
-        allowed = OPTIONS.get(kind, ())
+        allowed = TOKENS[kind][0].options if kind in TOKENS else ()
         while self.text.startswith("/", self.pos):
             if not allowed:
                 self.error(f"{kind} takes no /options")
@@ -269,20 +284,6 @@ def _expand(items: list) -> list:
     return out
 
 
-def _layer_classes():
-    from ..layers.activation import ELU, LeakyReLU, ReLU, Sigmoid, Tanh  # noqa: PLC0415
-    from ..layers.conv import Conv2d  # noqa: PLC0415
-    from ..layers.dropout import Dropout  # noqa: PLC0415
-    from ..layers.linear import Flatten, Linear  # noqa: PLC0415
-    from ..layers.norm import BatchNorm1d, BatchNorm2d, LocalResponseNorm  # noqa: PLC0415
-    from ..layers.pool import AvgPool2d, GlobalAvgPool2d, LPPool2d, MaxPool2d  # noqa: PLC0415
-
-    return dict(ELU=ELU, LeakyReLU=LeakyReLU, ReLU=ReLU, Sigmoid=Sigmoid, Tanh=Tanh, Conv2d=Conv2d,
-                Dropout=Dropout, Flatten=Flatten, Linear=Linear, BatchNorm1d=BatchNorm1d,
-                BatchNorm2d=BatchNorm2d, LocalResponseNorm=LocalResponseNorm, AvgPool2d=AvgPool2d,
-                GlobalAvgPool2d=GlobalAvgPool2d, LPPool2d=LPPool2d, MaxPool2d=MaxPool2d)
-
-
 def _check_shape_arg(input_shape):
     if input_shape is None:
         return None
@@ -300,8 +301,6 @@ def parse(spec: str, rng=None, *, input_shape=None, dtype="float32"):
     Raises SpecError (syntax, with column and caret), ConfigError (no input shape,
     bad values) or ShapeError (sizes that do not work, naming the layer and the item).
     """
-    from ..nets.sequential import Sequential  # noqa: PLC0415
-
     if not isinstance(spec, str):
         raise ConfigError(f"parse: spec must be a string, got {type(spec).__name__}")
     parser = _Parser(spec)
@@ -353,153 +352,16 @@ def parse(spec: str, rng=None, *, input_shape=None, dtype="float32"):
 
 
 def _build(it: _Item, shape: tuple, parser: _Parser, rng, dtype) -> list:
-    """The layers one item stands for, given the current volume shape."""
-    L = _layer_classes()
-    kind, args, opts = it.kind, it.args, it.opts
-    volume = len(shape) == 3
-
-    def need_volume():
-        if not volume:
-            where, picture = _pointer(parser.spec, parser.index[it.start])
-            raise ShapeError(f"{parser.source(it)} ({where}) needs a (C, H, W) volume, but the input "
-                             f"here has shape {shape} (a vector, e.g. after an FC)\n{picture}")
-
-    if kind == "CONV":
-        need_volume()
-        f, k = args
-        if "P" in opts:
-            pad = opts["P"]
-        elif f % 2 == 1:
-            pad = (f - 1) // 2
-        else:
-            parser.error(f"CONV{f}-{k}: an even filter size has no padding (F-1)/2 that keeps the size; "
-                         f"give it explicitly, e.g. CONV{f}-{k}/P0", it.start)
-        return [L["Conv2d"](shape[0], k, f, stride=opts.get("S", 1), padding=pad,
-                            bias=not opts.get("NB", False), rng=rng, dtype=dtype)]
-    if kind in ("POOL", "AVGPOOL"):
-        need_volume()
-        cls = L["MaxPool2d"] if kind == "POOL" else L["AvgPool2d"]
-        return [cls(args[0], stride=opts.get("S", args[0]), padding=opts.get("P", 0))]
-    if kind == "L2POOL":
-        need_volume()
-        return [L["LPPool2d"](2, args[0], stride=opts.get("S", args[0]))]
-    if kind == "GPOOL":
-        need_volume()
-        return [L["GlobalAvgPool2d"]()]
-    if kind == "RELU":
-        return [L["ReLU"]()]
-    if kind == "LRELU":
-        return [L["LeakyReLU"](*args)]
-    if kind == "ELU":
-        return [L["ELU"](*args)]
-    if kind == "TANH":
-        return [L["Tanh"]()]
-    if kind == "SIGMOID":
-        return [L["Sigmoid"]()]
-    if kind == "NORM":
-        need_volume()
-        return [L["LocalResponseNorm"](**LRN_ALEXNET)]
-    if kind == "BN":
-        cls = L["BatchNorm2d"] if volume else L["BatchNorm1d"]
-        return [cls(shape[0], dtype=dtype)]
-    if kind == "DROPOUT":
-        return [L["Dropout"](*args, rng=rng)]
-    if kind == "FLATTEN":
-        return [L["Flatten"]()]
-    if kind == "FC":
-        pre = [L["Flatten"]()] if len(shape) > 1 else []
-        return pre + [L["Linear"](math.prod(shape), args[0], bias=not opts.get("NB", False), rng=rng,
-                                  dtype=dtype)]
-    raise AssertionError(f"unhandled spec item {kind}")  # pragma: no cover - KEYWORDS covers every kind
+    """The layers one item stands for, given the current volume shape (the layer class's ``from_spec``)."""
+    token, cls = TOKENS[it.kind]
+    if token.volume and len(shape) != 3:
+        where, picture = _pointer(parser.spec, parser.index[it.start])
+        raise ShapeError(f"{parser.source(it)} ({where}) needs a (C, H, W) volume, but the input "
+                         f"here has shape {shape} (a vector, e.g. after an FC)\n{picture}")
+    return cls.from_spec(it.kind, it.args, it.opts, shape, rng, dtype)
 
 
 # --- writing a net back -----------------------------------------------------------------------------
-def _square(value, what: str, layer) -> int:
-    if isinstance(value, (list, tuple)):
-        if len(value) != 2 or value[0] != value[1]:
-            raise ConfigError(f"to_spec: {layer!r} has a non-square {what} {value!r}, which the notation "
-                              "cannot express")
-        value = value[0]
-    return int(value)
-
-
-def _num(x: float) -> str:
-    """Shortest text that parses back to exactly ``x``."""
-    return repr(float(x))
-
-
-def _token(layer, next_layer, ndim) -> str | None:
-    """The spec item for one layer (None for a Flatten the next FC implies)."""
-    name = type(layer).__name__
-    cfg = layer.get_config()
-
-    def unsupported(why: str):
-        raise ConfigError(f"to_spec: {layer!r} cannot be written in the notation: {why}")
-
-    if name == "Conv2d":
-        if any(_square(cfg.get(key, 1), key, layer) != 1 for key in ("dilation", "groups")):
-            unsupported("dilation and groups must be 1")
-        if cfg.get("rounding", "exact") != "exact":
-            unsupported("only rounding='exact' has a spelling")
-        f, s = _square(cfg["kernel_size"], "kernel_size", layer), _square(cfg.get("stride", 1), "stride", layer)
-        p = _square(cfg.get("padding", 0), "padding", layer)
-        text = f"CONV{f}-{cfg['out_channels']}" + (f"/S{s}" if s != 1 else "")
-        if f % 2 == 0 or p != (f - 1) // 2:
-            text += f"/P{p}"
-        return text + ("" if cfg.get("bias", True) else "/NB")
-    if name in ("MaxPool2d", "AvgPool2d", "LPPool2d"):
-        if cfg.get("rounding", "exact") != "exact":
-            unsupported("only rounding='exact' has a spelling")
-        if _square(cfg.get("dilation", 1), "dilation", layer) != 1:
-            unsupported("dilation must be 1")
-        f = _square(cfg["kernel_size"], "kernel_size", layer)
-        s = _square(cfg["stride"] if cfg.get("stride") is not None else f, "stride", layer)
-        p = _square(cfg.get("padding", 0), "padding", layer)
-        if name == "LPPool2d":
-            if float(cfg["norm_type"]) != 2.0:
-                unsupported("only norm_type=2 (L2POOL) has a spelling")
-            prefix = "L2POOL"
-        else:
-            prefix = "POOL" if name == "MaxPool2d" else "AVGPOOL"
-        return f"{prefix}{f}" + (f"/S{s}" if s != f else "") + (f"/P{p}" if p else "")
-    if name == "GlobalAvgPool2d":
-        return "GPOOL"
-    if name in ("ReLU", "Tanh", "Sigmoid"):
-        return name.upper()
-    if name == "LeakyReLU":
-        return "LRELU" if cfg["negative_slope"] == 0.01 else f"LRELU{_num(cfg['negative_slope'])}"
-    if name == "ELU":
-        return "ELU" if cfg["alpha"] == 1.0 else f"ELU{_num(cfg['alpha'])}"
-    if name == "LocalResponseNorm":
-        if {k: cfg[k] for k in LRN_ALEXNET} != LRN_ALEXNET:
-            unsupported(f"NORM stands for LocalResponseNorm{tuple(LRN_ALEXNET.values())} only")
-        return "NORM"
-    if name in ("BatchNorm1d", "BatchNorm2d"):
-        default = {"eps": 1e-5, "momentum": 0.1, "affine": True}
-        if any(cfg.get(k) != v for k, v in default.items()) or cfg.get("bias", True) is not True:
-            unsupported("BN stands for the default eps=1e-5, momentum=0.1, affine=True only")
-        return "BN"
-    if name == "Dropout":
-        return f"DROPOUT{_num(cfg['p'])}"
-    if name == "Flatten":
-        if (cfg.get("start_dim", 1), cfg.get("end_dim", -1)) != (1, -1):
-            unsupported("only Flatten(1, -1) has a spelling")
-        implied = type(next_layer).__name__ == "Linear" and (ndim is None or ndim > 1)
-        return None if implied else "FLATTEN"
-    if name == "Linear":
-        return f"FC-{cfg['out_features']}" + ("" if cfg.get("bias", True) else "/NB")
-    unsupported("no spec item stands for this layer type")
-
-
-def _ndim_after(layer, ndim):
-    name = type(layer).__name__
-    if name in ("Linear", "Flatten"):
-        return 1
-    if name in ("Conv2d", "MaxPool2d", "AvgPool2d", "LPPool2d", "GlobalAvgPool2d"):
-        return 3
-    return ndim
-
-
 def _fold(tokens: list) -> list:
     """Fold consecutive repeats into '[a -> b]*N', choosing the folds that leave the fewest items.
 
@@ -537,9 +399,6 @@ def to_spec(net, input_shape=None) -> str:
     net's own), and ends with SOFTMAX/SVM when ``net.loss`` is set. A layer the notation
     cannot express (a Graph, a dilated conv, non-default BatchNorm ...) raises ConfigError.
     """
-    from ..nets.container import Container  # noqa: PLC0415
-    from ..nets.sequential import Sequential  # noqa: PLC0415
-
     if not isinstance(net, Sequential):
         raise ConfigError(f"to_spec: expected a Sequential, got {type(net).__name__}")
     leaves = []
@@ -551,13 +410,12 @@ def to_spec(net, input_shape=None) -> str:
             leaves.append(layer)
     shape = input_shape if input_shape is not None else net.input_shape
     shape = _check_shape_arg(tuple(shape)) if shape is not None else None
-    ndim = len(shape) if shape else None
-    tokens = []
+    tokens, here = [], shape
     for i, layer in enumerate(leaves):
-        tok = _token(layer, leaves[i + 1] if i + 1 < len(leaves) else None, ndim)
+        tok = layer.to_spec(leaves[i + 1] if i + 1 < len(leaves) else None, here)
         if tok is not None:
             tokens.append(tok)
-        ndim = _ndim_after(layer, ndim)
+        here = tuple(layer.output_shape(here)) if here is not None else None
     head = []
     if shape is not None:
         head = [f"INPUT[{shape[1]}x{shape[2]}x{shape[0]}]" if len(shape) == 3 else f"INPUT[{shape[0]}]"]

@@ -346,3 +346,31 @@ def conv2d_backward(dout, cache, dx_method: str = "auto", input_grad: bool = Tru
     if input_grad:
         dx = (dx.transpose(1, 0, 2, 3) if planes else dx.transpose(0, 3, 1, 2)).astype(x_dtype, copy=False)
     return dx, dw, db
+
+
+def conv2d_workspace(in_shape, out_shape, weight_shape, stride, padding, dilation, n: int, b: int) -> tuple[int, int]:
+    """(forward, backward) scratch bytes of ``conv2d_forward``/``conv2d_backward`` on a batch of ``n``
+    (shapes without the batch axis, ``b`` bytes per number): the weight copies, the im2col chunk
+    buffers (about ``CHUNK_BYTES`` of images at a time), padded input copies and, in backward, the
+    flipped-filter buffers (stride 1) or the col2im scatter buffers. The memory model reads it."""
+    k, c, kh, kw = weight_shape
+    _, h, w = in_shape
+    _, oh, ow = out_shape
+    hp = max(h + 2 * padding[0], (oh - 1) * stride[0] + dilation[0] * (kh - 1) + 1)
+    wp = max(w + 2 * padding[1], (ow - 1) * stride[1] + dilation[1] * (kw - 1) + 1)
+    padded = (hp, wp) != (h, w)
+    weight = k * c * kh * kw * b
+    cols = oh * ow * kh * kw * c * b                       # one image's im2col matrix
+    nb = max(1, min(n, CHUNK_BYTES // max(1, cols)))
+    fwd = weight + nb * cols + (nb * hp * wp * c * b if padded else 0)
+    nb2 = max(1, min(n, CHUNK_BYTES // max(1, max(oh * ow, h * w) * kh * kw * max(c, k) * b)))
+    bwd = 3 * weight + nb2 * cols + (nb2 * hp * wp * c * b if padded else 0) + 2 * nb2 * oh * ow * k * b
+    if tuple(stride) == (1, 1):
+        span = (dilation[0] * (kh - 1) + 1, dilation[1] * (kw - 1) + 1)
+        dshape = (h + span[0] - 1, w + span[1] - 1)
+        shift = (span[0] - 1 - padding[0], span[1] - 1 - padding[1])
+        dbuf = 0 if (shift == (0, 0) and dshape == (oh, ow)) else nb2 * dshape[0] * dshape[1] * k * b
+        bwd += dbuf + nb2 * h * w * kh * kw * k * b + 2 * weight
+    else:
+        bwd += nb2 * hp * wp * c * b + 2 * nb2 * cols
+    return fwd, bwd

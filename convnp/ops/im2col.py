@@ -16,27 +16,12 @@ PyTorch does; ``rounding="ceil"`` adds a last partial window, as PyTorch's
 
 from __future__ import annotations
 
-import numpy as np
 
+from .._util import pair  # noqa: F401 - re-exported: the ops and layers take (h, w) pairs from here
 from ..errors import ConfigError, ShapeError
 from .backend import array_module
 
 ROUNDING_MODES = ("exact", "floor", "ceil")
-
-
-def pair(value, name: str = "value", minimum: int = 1) -> tuple[int, int]:
-    """Normalise an int or a (h, w) pair to a tuple of two ints >= ``minimum``."""
-    if isinstance(value, (int, np.integer)) and not isinstance(value, bool):
-        out = (int(value), int(value))
-    elif isinstance(value, (tuple, list)) and len(value) == 2 and all(
-        isinstance(v, (int, np.integer)) and not isinstance(v, bool) for v in value
-    ):
-        out = (int(value[0]), int(value[1]))
-    else:
-        raise ConfigError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if min(out) < minimum:
-        raise ConfigError(f"{name} must be >= {minimum}, got {value!r}")
-    return out
 
 
 def _formula(size: int, kernel: int, stride: int, padding: int, dilation: int) -> str:

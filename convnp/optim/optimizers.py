@@ -536,6 +536,32 @@ OPTIMIZERS: dict[str, tuple[type, dict]] = {
 }
 
 
+#: Per registered name: (state arrays the size of the parameters it keeps, temporaries the size of the
+#: largest parameter one update makes). The notes: momentum, Adagrad and RMSProp keep one cache, Adam two.
+#: The memory model and the summary read these.
+MEMORY_FACTS: dict[str, tuple[int, int]] = {
+    "sgd": (0, 1), "momentum": (1, 1), "nesterov": (1, 2), "adagrad": (1, 3), "rmsprop": (1, 3),
+    "adam": (2, 3), "adamw": (2, 3),
+}
+
+
+def optimizer_slots(optimizer: str) -> int:
+    """How many arrays the size of the parameters ``optimizer`` keeps (0 for plain SGD)."""
+    return _memory_facts(optimizer)[0]
+
+
+def update_temporaries(optimizer: str) -> int:
+    """How many temporaries the size of the largest parameter one update of ``optimizer`` makes."""
+    return _memory_facts(optimizer)[1]
+
+
+def _memory_facts(optimizer: str) -> tuple[int, int]:
+    key = str(optimizer).lower()
+    if key not in MEMORY_FACTS:
+        raise ConfigError(f"unknown optimizer {optimizer!r}; known: {', '.join(OPTIMIZERS)}")
+    return MEMORY_FACTS[key]
+
+
 def list_optimizers() -> list[str]:
     return list(OPTIMIZERS)
 

@@ -22,7 +22,6 @@ from ..losses import probabilities
 from ..ops.im2col import output_hw, pair
 
 __all__ = [
-    "ACTIVATION_TYPES",
     "Mistake",
     "activation_maps",
     "confusion_matrix",
@@ -38,7 +37,6 @@ __all__ = [
 ]
 
 #: Layer types whose output the report shows as "the activation" of a conv layer.
-ACTIVATION_TYPES = frozenset({"ReLU", "LeakyReLU", "ELU", "Tanh", "Sigmoid"})
 
 
 def _image_batch(x, owner: str):
@@ -256,9 +254,10 @@ def _leaves(net) -> list:
 
 
 def first_conv(net):
-    """(dotted path, layer) of the first Conv2d in ``net`` (definition order), or None."""
+    """(dotted path, layer) of the first layer whose filters the report shows (``report_role == "filters"``,
+    a Conv2d), in definition order, or None."""
     for path, layer in _leaves(net):
-        if type(layer).__name__ == "Conv2d":
+        if getattr(layer, "report_role", None) == "filters":
             return path, layer
     return None
 
@@ -269,15 +268,15 @@ def default_activation_layers(net, max_layers: int = 3) -> list:
     leaves = _leaves(net)
     names: list = []
     for i, (path, layer) in enumerate(leaves):
-        if type(layer).__name__ != "Conv2d":
+        if getattr(layer, "report_role", None) != "filters":
             continue
         act = path
         for later_path, later in leaves[i + 1:]:
-            kind = type(later).__name__
-            if kind in ACTIVATION_TYPES:
+            role = getattr(later, "report_role", None)
+            if role == "activation":
                 act = later_path
                 break
-            if kind not in ("BatchNorm2d", "Dropout", "Dropout2d"):
+            if role != "transparent":
                 break
         if not names and act != path:
             names.append(path)

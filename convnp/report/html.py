@@ -349,10 +349,11 @@ def _section_saliency(net, x_norm, x_raw, y, pred, probs, examples, classes, pat
 
 def _section_summary(net, input_shape, optimizer, batch_size) -> str:
     try:
-        from ..inspect.summary import OPTIMIZER_SLOTS, format_bytes, summary  # noqa: PLC0415
+        from ..inspect.summary import format_bytes, summary  # noqa: PLC0415
+        from ..optim import MEMORY_FACTS  # noqa: PLC0415
     except ImportError:
         return _note("convnp.summary is not available in this version.") + f"<pre>{_e(repr(net))}</pre>"
-    opt = optimizer if str(optimizer).lower() in OPTIMIZER_SLOTS else "sgd"
+    opt = optimizer if str(optimizer).lower() in MEMORY_FACTS else "sgd"
     s = summary(net, input_shape, batch_size=int(batch_size or 1), optimizer=opt)
     rows = [[_e(r.name), _e(r.type), _e(r.volume), f"{r.params:,}", f"{r.macs:,}", f"{r.flops:,}",
              f"{r.activations:,}", format_bytes(r.activations * s.dtype_bytes)] for r in s.rows]
