@@ -22,7 +22,7 @@ from convnp.layers.norm import BatchNorm1d, BatchNorm2d
 from convnp.layers.pool import AvgPool2d, MaxPool2d
 from convnp.nets.sequential import Sequential
 from convnp.ops import activation as act_ops
-from convnp.ops import kernels
+from convnp.ops import kernels, warmup
 from convnp.ops import pool as pool_ops
 from tests.gradcheck import check_layer_gradients, rel_error
 
@@ -697,7 +697,7 @@ def test_kernels_stay_off_under_tracemalloc_until_warmed(monkeypatch):
             assert not kernels.enabled()
         finally:
             tracemalloc.stop()
-        kernels.warm()
+        warmup.warm()
         tracemalloc.start()
         try:
             assert kernels.enabled()

@@ -33,7 +33,7 @@ import numpy as np
 
 from ..errors import ShapeError
 from ..threads import get_num_threads, in_parallel_region, parallel_map
-from . import kernels, kernels_winograd
+from . import kernels
 from .backend import array_module
 from .im2col import col2im_cnhw, col2im_nhwc, im2col_cnhw, output_hw, padded_hw, pair, windows_nhwc
 from .reduce import sum_rows
@@ -59,6 +59,13 @@ SMALL_CHANNELS = 8
 #: (C=1, 5x5, 25 numbers per output position) 2.9 ms with 64k-position chunks vs 4.2 ms with 1k;
 #: tiny chunks also mean many small NumPy calls, which hold the GIL and serialise worker threads.
 PLANE_BYTES = 2 << 20
+
+
+def _winograd():
+    """The Winograd module (numba kernels), imported once the compiled path is taken."""
+    from . import kernels_winograd  # noqa: PLC0415 - imports numba
+
+    return kernels_winograd
 
 
 def _workers(xp, n: int, total_bytes: int) -> int:
@@ -186,8 +193,8 @@ def _forward(x, w, b, stride, padding, dilation, rounding, layer, relu):
     k, _, kh, kw = w.shape
     dtype = xp.result_type(x.dtype, w.dtype)
     hp, wp = padded_hw((h, wd), (oh, ow), (kh, kw), stride, padding, dilation)
-    if xp is np and kernels.enabled() and kernels_winograd.applies(x.shape, w.shape, stride, dilation, dtype):
-        out, wcache, mask = kernels_winograd.forward(x, w, b, padding, (oh, ow), relu)
+    if xp is np and kernels.enabled() and _winograd().applies(x.shape, w.shape, stride, dilation, dtype):
+        out, wcache, mask = _winograd().forward(x, w, b, padding, (oh, ow), relu)
         cache = (wcache.xh, x.dtype, w, b is not None, stride, padding, dilation, (oh, ow), (hp, wp), wcache)
         return out, cache, mask
     xh = x.transpose(0, 2, 3, 1).astype(dtype, copy=False)          # NHWC view, no copy if x is
@@ -252,7 +259,7 @@ def conv2d_backward(dout, cache, dx_method: str = "auto", input_grad: bool = Tru
     if dx_method not in DX_METHODS:
         raise ValueError(f"dx_method must be one of {DX_METHODS}, got {dx_method!r}")
     if wcache is not None and dx_method == "auto":
-        return kernels_winograd.backward(dout, wcache, input_grad)
+        return _winograd().backward(dout, wcache, input_grad)
     xp = array_module(dout)
     n, h, wd, c = xh.shape
     k, _, kh, kw = w.shape

@@ -26,7 +26,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from .kernels import _numba
+try:  # this module is imported only once the compiled kernels are in use (see ops.conv)
+    import numba as _numba
+except ImportError:  # pragma: no cover - depends on the environment
+    _numba = None
 from .reduce import sum_rows
 
 G = np.array([[1.0, 0.0, 0.0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0.0, 0.0, 1.0]])
