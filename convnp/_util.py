@@ -89,9 +89,10 @@ def state_mismatch(expected: dict, state: dict) -> tuple[list, list, list]:
     return missing, unexpected, wrong
 
 
-def mismatch_problems(expected: dict, state: dict, strict: bool = True, limit: int = 12):
+def mismatch_problems(expected: dict, state: dict, strict: bool = True, limit: int = 12, source: str = "the state"):
     """(problems, missing, unexpected, wrong): one sentence per kind of mismatch, every key named
-    (up to ``limit`` of each kind); ``strict=False`` ignores missing and unexpected keys."""
+    (up to ``limit`` of each kind); ``strict=False`` ignores missing and unexpected keys; ``source``
+    names where ``state`` came from ("the file")."""
     missing, unexpected, wrong = state_mismatch(expected, state)
     problems = []
     if strict and missing:
@@ -100,7 +101,7 @@ def mismatch_problems(expected: dict, state: dict, strict: bool = True, limit: i
         problems.append(f"{len(unexpected)} unexpected key(s): {listed(unexpected, limit)}")
     if wrong:
         problems.append(f"{len(wrong)} key(s) with the wrong shape: " + ", ".join(
-            f"{k!r} expects {tuple(np.shape(expected[k]))}, got {tuple(np.shape(state[k]))}"
+            f"{k!r} is {tuple(np.shape(state[k]))} in {source}, {tuple(np.shape(expected[k]))} in the net"
             for k in wrong[:limit]) + (f", ... and {len(wrong) - limit} more" if len(wrong) > limit else ""))
     return problems, missing, unexpected, wrong
 

@@ -3,7 +3,7 @@
 The recipe (the notes' "transfer learning" section: use a pretrained ConvNet as a fixed
 feature extractor, or fine-tune it with a smaller learning rate)::
 
-    from convnp.io.torch_weights import load_pretrained
+    from convnp.models import load_pretrained
     from convnp.finetune import find_head, replace_head
     from convnp.optim import SGD
 

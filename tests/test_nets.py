@@ -190,15 +190,15 @@ def test_load_state_dict_lists_every_problem_and_writes_nothing():
     with pytest.raises(ConfigError) as info:
         net.load_state_dict(bad)
     msg = str(info.value)
-    assert "missing keys: 'features.0.bias'" in msg
-    assert "unexpected keys: 'features.9.weight'" in msg
-    assert "'classifier.0.weight' expects (3, 8), got (3, 9)" in msg
+    assert "1 missing key(s): 'features.0.bias'" in msg
+    assert "1 unexpected key(s): 'features.9.weight'" in msg
+    assert "'classifier.0.weight' is (3, 9) in the state, (3, 8) in the net" in msg
     for k, v in net.state_dict().items():
         np.testing.assert_array_equal(v, good[k])
     # only a shape problem: ShapeError
     only_shape = {k: v for k, v in good.items()}
     only_shape["classifier.2.bias"] = np.zeros(5)
-    with pytest.raises(ShapeError, match=r"'classifier.2.bias' expects \(2,\), got \(5,\)"):
+    with pytest.raises(ShapeError, match=r"'classifier.2.bias' is \(5,\) in the state, \(2,\) in the net"):
         net.load_state_dict(only_shape)
     # strict=False skips and reports missing/unexpected keys
     partial = {"classifier.2.bias": np.full(2, 3.0), "extra": np.zeros(1)}

@@ -15,10 +15,10 @@ import pytest
 
 from convnp.errors import ConfigError, ShapeError
 from convnp.finetune import class_heads, find_head, replace_head
+from convnp.models import load_pretrained
 from convnp.io.torch_weights import (
     MAX_LISTED,
     load_backbone,
-    load_pretrained,
     load_torch_state_dict,
     read_torch_state_dict,
     save_torch_state_dict,

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 import numpy as np
 
 from ..errors import ConfigError, ShapeError
-from .._util import state_mismatch
+from .._util import listed, mismatch_problems
 
 #: at most this many keys of each kind (missing, unexpected, wrong shape) are named in an error
 MAX_LISTED = 10
@@ -89,7 +89,7 @@ def _unwrap(obj, where: str) -> dict:
         for key in ("state_dict", "model", "model_state_dict"):
             if isinstance(obj.get(key), Mapping):
                 return _unwrap(obj[key], f"{where}[{key!r}]")
-        raise ConfigError(f"{where}: holds no tensors (top-level keys: {_listed(list(obj))}); "
+        raise ConfigError(f"{where}: holds no tensors (top-level keys: {listed(list(obj))}); "
                           "expected a state_dict such as model.state_dict()")
     keys = list(obj)
     if keys and all(isinstance(k, str) and k.startswith("module.") for k in keys):
@@ -148,11 +148,6 @@ def read_torch_state_dict(path_or_dict) -> dict:
 
 
 # --- loading into a net -----------------------------------------------------------------------------
-def _listed(keys: list, limit: int = MAX_LISTED) -> str:
-    shown = ", ".join(repr(k) for k in keys[:limit])
-    return shown + (f", ... and {len(keys) - limit} more" if len(keys) > limit else "")
-
-
 def _matches(name: str, prefixes) -> bool:
     return any(name == p or name.startswith(p + ".") for p in prefixes)
 
@@ -189,17 +184,7 @@ def load_torch_state_dict(net, path_or_dict, strict: bool = True, exclude=()) ->
     for k in wanted:  # PyTorch < 0.4.1 saved batch norm without the counter
         if k not in state and k.endswith("num_batches_tracked") and k.rsplit(".", 1)[0] + ".running_mean" in state:
             state[k] = np.array(0, dtype=np.int64)
-    missing, unexpected, wrong = state_mismatch(wanted, state)
-    problems = []
-    if strict and missing:
-        problems.append(f"{len(missing)} missing key(s): {_listed(missing)}")
-    if strict and unexpected:
-        problems.append(f"{len(unexpected)} unexpected key(s): {_listed(unexpected)}")
-    if wrong:
-        problems.append(f"{len(wrong)} key(s) with the wrong shape: " + ", ".join(
-            f"{k!r} is {tuple(state[k].shape)} in the file, {tuple(own[k].shape)} in the net"
-            for k in wrong[:MAX_LISTED]) + (f", ... and {len(wrong) - MAX_LISTED} more"
-                                            if len(wrong) > MAX_LISTED else ""))
+    problems, missing, unexpected, wrong = mismatch_problems(wanted, state, strict, MAX_LISTED, "the file")
     if problems:
         matched = sum(1 for k in wanted if k in state)
         hints = []
@@ -271,7 +256,7 @@ def save_torch_state_dict(net, path, format: str | None = None) -> str:
 
 
 # --- the zoo with pretrained weights ----------------------------------------------------------------
-def _drop_aux(net, state: dict) -> dict:
+def drop_aux_heads(net, state: dict) -> dict:
     """torchvision's GoogLeNet files keep the auxiliary heads ``aux1``/``aux2``; drop them for a net built
     without (torchvision itself deletes them after loading when aux_logits=False)."""
     own = net.state_dict()
@@ -280,7 +265,7 @@ def _drop_aux(net, state: dict) -> dict:
     return {k: v for k, v in state.items() if not k.startswith(("aux1.", "aux2."))}
 
 
-def _other_size_heads(net, state: dict) -> list:
+def heads_of_other_size(net, state: dict) -> list:
     """[(path, classes in the file)] for the class-score layers whose output count differs from the file's
     (same input features: the same backbone trained for another number of classes)."""
     from ..finetune import class_heads
@@ -303,36 +288,12 @@ def load_backbone(net, weights, strict: bool = True) -> list:
     Auxiliary-head weights in the file are dropped when the net has none (GoogLeNet). Returns the
     paths of the heads left fresh.
     """
-    state = _drop_aux(net, read_torch_state_dict(weights))
-    fresh = [path for path, _ in _other_size_heads(net, state)]
+    state = drop_aux_heads(net, read_torch_state_dict(weights))
+    fresh = [path for path, _ in heads_of_other_size(net, state)]
     load_torch_state_dict(net, state, strict=strict, exclude=fresh)
     return fresh
 
 
 # --- the zoo with pretrained weights ----------------------------------------------------------------
-def load_pretrained(name: str, weights, num_classes: int | None = None, strict: bool = True, **options):
-    """The zoo model ``name`` with the weights from ``weights`` (a path or a state_dict mapping).
-
-    ``weights`` is typically torchvision's file for that model (``resnet18-f37072fd.pth``, or
-    the same converted to ``.safetensors``). The class count comes from the file's classifier
-    when ``num_classes`` is None. With a ``num_classes`` that differs from the file's, every
-    weight but the classifier head (the last Linear, and GoogLeNet's auxiliary heads' last
-    Linear) is loaded and the head stays freshly initialised (from ``rng``): the usual start
-    of a fine-tune (``load_backbone``). Other ``options`` go to ``get_model`` (``rng``, ``dtype``,
-    the model's own). GoogLeNet files with auxiliary heads load into a net without them.
-    """
-    from ..finetune import replace_head
-    from ..models import get_model
-
-    state = read_torch_state_dict(weights)
-    net = get_model(name, num_classes=num_classes, **options)
-    state = _drop_aux(net, state)
-    if num_classes is None:  # the file decides: rebuild the heads at the file's size
-        for path, classes in _other_size_heads(net, state):
-            replace_head(net, classes, rng=options.get("rng"), head=path)
-    load_backbone(net, state, strict=strict)
-    return net
-
-
-__all__ = ["MAX_LISTED", "load_backbone", "load_pretrained", "load_torch_state_dict", "read_torch_state_dict",
+__all__ = ["MAX_LISTED", "drop_aux_heads", "heads_of_other_size", "load_backbone", "load_torch_state_dict", "read_torch_state_dict",
            "save_torch_state_dict"]

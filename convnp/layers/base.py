@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .._util import state_mismatch
+from .._util import mismatch_problems
 from ..errors import ConfigError, ShapeError, StateError
 
 LAYER_TYPES: dict[str, type] = {}
@@ -161,12 +161,9 @@ class Layer:
 
     def load_state_dict(self, state: dict) -> None:
         own = self.state_dict()
-        missing, unexpected, wrong = state_mismatch(own, state)
-        if missing or unexpected or wrong:
-            details = [f"missing {missing}" if missing else "", f"unexpected {unexpected}" if unexpected else "",
-                       "wrong shape " + ", ".join(f"{k}: {np.shape(state[k])} vs {own[k].shape}" for k in wrong)
-                       if wrong else ""]
-            raise ShapeError(f"{self!r}: cannot load state: " + "; ".join(d for d in details if d))
+        problems = mismatch_problems(own, state)[0]
+        if problems:
+            raise ShapeError(f"{self!r}: cannot load state: " + "; ".join(problems))
         for k, v in state.items():
             target = self.params if k in self.params else self.buffers
             target[k] = np.array(v, dtype=own[k].dtype, copy=True)

@@ -13,7 +13,7 @@ from .alexnet import alexnet, alexnet_v1
 from ..layers.pool import AdaptiveAvgPool2d  # noqa: F401 - a zoo name users know
 from .googlenet import AuxSequential, googlenet
 from .lenet import lenet5
-from .registry import ModelInfo, build_model, get_model, list_models, model_info, parse_model_name
+from .registry import ModelInfo, build_model, get_model, list_models, load_pretrained, model_info, parse_model_name
 from .resnet import (ZeroPadShortcut, resnet18, resnet20, resnet32, resnet34, resnet44, resnet50, resnet56,
                      resnet101, resnet152)
 from .small import cifar_convnet, cs231n_3layer

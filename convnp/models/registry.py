@@ -97,8 +97,6 @@ def get_model(name: str, num_classes: int | None = None, weights=None, **options
         raise ConfigError(f"get_model({name!r}): unknown option(s) {unknown}; "
                           f"{name} takes {', '.join(sorted(allowed))}")
     if weights is not None:
-        from ..io.torch_weights import load_pretrained  # noqa: PLC0415 - torch/safetensors only when asked
-
         return load_pretrained(name, weights, num_classes=num_classes, **options)
     if num_classes is not None:
         options["num_classes"] = num_classes
@@ -166,3 +164,28 @@ def build_model(model: str, input_shape=None, num_classes: int | None = None, rn
         raise ConfigError(f"{model!r}: no input shape; give INPUT[HxWxC] in the spec or an input shape")
     net.output_shape(shape)
     return net, shape
+
+
+def load_pretrained(name: str, weights, num_classes: int | None = None, strict: bool = True, **options):
+    """The zoo model ``name`` with the weights from ``weights`` (a path or a state_dict mapping).
+
+    ``weights`` is typically torchvision's file for that model (``resnet18-f37072fd.pth``, or
+    the same converted to ``.safetensors``). The class count comes from the file's classifier
+    when ``num_classes`` is None. With a ``num_classes`` that differs from the file's, every
+    weight but the classifier head (the last Linear, and GoogLeNet's auxiliary heads' last
+    Linear) is loaded and the head stays freshly initialised (from ``rng``): the usual start
+    of a fine-tune (``load_backbone``). Other ``options`` go to ``get_model`` (``rng``, ``dtype``,
+    the model's own). GoogLeNet files with auxiliary heads load into a net without them.
+    """
+    from ..finetune import replace_head  # noqa: PLC0415
+    from ..io.torch_weights import (drop_aux_heads, heads_of_other_size, load_backbone,  # noqa: PLC0415
+                                    read_torch_state_dict)
+
+    state = read_torch_state_dict(weights)
+    net = get_model(name, num_classes=num_classes, **options)
+    state = drop_aux_heads(net, state)
+    if num_classes is None:  # the file decides: rebuild the heads at the file's size
+        for path, classes in heads_of_other_size(net, state):
+            replace_head(net, classes, rng=options.get("rng"), head=path)
+    load_backbone(net, state, strict=strict)
+    return net

@@ -14,7 +14,7 @@ import numpy as np
 
 from ..errors import ConfigError, ShapeError, StateError
 from ..layers.base import LAYER_TYPES, Layer, check_dtype
-from .._util import state_mismatch
+from .._util import listed, mismatch_problems
 
 def relocate(err: Exception, name: str, extra: str = ""):
     """Prefix a child's error with its dotted path (``layer 'features.3'``) and re-raise it.
@@ -29,11 +29,6 @@ def relocate(err: Exception, name: str, extra: str = ""):
     err.layer_path, err.layer_suffix, err.layer_detail = path, suffix, detail
     err.args = (f"layer {path!r}{suffix}: {detail}",)
     raise err
-
-
-def _short(keys: list, limit: int = 12) -> str:
-    shown = ", ".join(repr(k) for k in keys[:limit])
-    return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
 def _indent(text: str) -> str:
@@ -140,7 +135,7 @@ class Container(Layer):
         grads = self._named("grads")
         missing = [k for k in self.named_parameters() if k not in grads]
         if missing:
-            raise StateError(f"{type(self).__name__}: no gradient yet for {_short(missing)}; "
+            raise StateError(f"{type(self).__name__}: no gradient yet for {listed(missing)}; "
                              "call forward and backward first")
         return {k: grads[k] for k in self.named_parameters()}
 
@@ -168,16 +163,8 @@ class Container(Layer):
         ShapeError; the message lists every offending key. Returns (missing, unexpected).
         """
         slots = self._slots()
-        missing, unexpected, wrong = state_mismatch({k: store[key] for k, (store, key) in slots.items()}, state)
-        problems = []
-        if strict and missing:
-            problems.append(f"missing keys: {_short(missing)}")
-        if strict and unexpected:
-            problems.append(f"unexpected keys: {_short(unexpected)}")
-        if wrong:
-            problems.append("wrong shapes: " + ", ".join(
-                f"{k!r} expects {slots[k][0][slots[k][1]].shape}, got {tuple(np.shape(state[k]))}"
-                for k in wrong[:12]) + (f", ... ({len(wrong) - 12} more)" if len(wrong) > 12 else ""))
+        problems, missing, unexpected, wrong = mismatch_problems(
+            {k: store[key] for k, (store, key) in slots.items()}, state, strict)
         if problems:
             cls = ConfigError if (strict and (missing or unexpected)) else ShapeError
             raise cls(f"{type(self).__name__}.load_state_dict: " + "; ".join(problems))
