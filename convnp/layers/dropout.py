@@ -103,7 +103,6 @@ class Dropout2d(Dropout):
         return self._check_shape(input_shape, 3)
 
     fc_conv_role = "spatial"
-    absent_facts = frozenset({"spec"})  # no notation item drops whole channels
 
     def to_spec(self, next_layer, shape):
-        raise self.no_spelling("no spec item stands for this layer type")
+        raise self.no_spelling("no spec item drops whole channels")

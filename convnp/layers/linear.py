@@ -94,6 +94,10 @@ class Linear(Layer):
         macs = int(self.params["weight"].size)
         return macs, 2 * macs + (self.out_features if self.has_bias else 0)
 
+    def memory(self, in_shapes, out_shape, n, b, in_nhwc=False):
+        """Keeps its input for the weight gradient."""
+        return LayerMemory(out_bytes=math.prod(out_shape) * n * b, keeps_input=True, grad_bytes=self._param_bytes())
+
     def shardable(self, train):
         return True
 

@@ -111,12 +111,12 @@ def plan(named_children: list, train: bool):
     """[("serial", [(name, layer)]) | ("shard", [(name, layer), ...])], or None if nothing shards."""
     steps, any_shard = [], False
     for name, layer in named_children:
-        kind = "shard" if shardable(layer, train) else "serial"
-        any_shard |= kind == "shard"
-        if steps and steps[-1][0] == kind == "shard":
+        step = "shard" if shardable(layer, train) else "serial"
+        any_shard |= step == "shard"
+        if steps and steps[-1][0] == step == "shard":
             steps[-1][1].append((name, layer))
         else:
-            steps.append((kind, [(name, layer)]))
+            steps.append((step, [(name, layer)]))
     return steps if any_shard else None
 
 
@@ -245,8 +245,8 @@ def backward_segment(seg: _Segment, dout, start=None):
 def forward_steps(steps: list, x, train: bool) -> tuple:
     """Run a ``plan``: serial children on the whole batch, segments on shards. Returns (out, record)."""
     record = []
-    for kind, named in steps:
-        if kind == "shard" and worth_sharding(x):
+    for step, named in steps:
+        if step == "shard" and worth_sharding(x):
             x, seg = forward_segment(named, x, train)
             record.append(("shard", seg))
             continue
@@ -282,25 +282,25 @@ def backward_steps(record: list, dout, input_grad: bool = True):
     """
     first = None  # (step, index) of the first layer with parameters
     if not input_grad:
-        for si, (kind, item) in enumerate(record):
-            named = item.named if kind == "shard" else item
+        for si, (step, item) in enumerate(record):
+            named = item.named if step == "shard" else item
             li = next((li for li, (_, layer) in enumerate(named) if has_params(layer)), None)
             if li is not None:
                 first = (si, li)
                 break
         if first is None:  # nothing to learn: nothing to do
-            for kind, item in record:
-                for _, layer in (item.named if kind == "shard" else item):
+            for step, item in record:
+                for _, layer in (item.named if step == "shard" else item):
                     _discard(layer)
             return None
     for si in range(len(record) - 1, -1, -1):
-        kind, item = record[si]
+        step, item = record[si]
         if first is not None and si < first[0]:
-            for _, layer in (item.named if kind == "shard" else item):
+            for _, layer in (item.named if step == "shard" else item):
                 _discard(layer)
             continue
         start = first[1] if first is not None and si == first[0] else None
-        if kind == "shard":
+        if step == "shard":
             dout = backward_segment(item, dout, start)
             continue
         for li in range(len(item) - 1, -1, -1):
