@@ -2,9 +2,8 @@
 
 from . import data, finetune, io, losses, models, optim
 from .errors import ConfigError, ConvnpError, DataError, ShapeError, StateError
-from .layers import (ELU, Conv2d, AvgPool2d, BatchNorm1d, BatchNorm2d, Dropout, Dropout2d, Flatten, GlobalAvgPool2d, Layer,
-                     LeakyReLU, Linear, LocallyConnected2d, LocalResponseNorm, LPPool2d, MaxPool2d, ReLU, Sigmoid,
-                     Tanh)
+from .layers import *  # noqa: F403 - every layer class by name (cn.Conv2d, cn.GroupNorm, ...)
+from .layers import Layer
 from .io.model_file import load_model as load
 from .losses import MulticlassSVM, SoftmaxCrossEntropy, probabilities
 from .nets import (Add, BasicBlock, Bottleneck, Concat, Graph, Inception, Sequential, conv_bn_relu, inception_block,

@@ -1,11 +1,14 @@
-"""Layers: thin classes over ``convnp.ops``, one family per module."""
+"""Layers: thin classes over ``convnp.ops``, one family per module.
 
-from .activation import ELU, LeakyReLU, ReLU, Sigmoid, Tanh
-from .conv import Conv2d
+Every layer class a family module defines is exported here (and from ``convnp``) by name, from
+the layer registry: adding a layer to a family file needs no export list.
+"""
+
+from . import activation, conv, dropout, linear, locally_connected, norm, pool, shortcut  # noqa: F401
 from .base import LAYER_TYPES, Layer, get_layer_class, layer_from_config, layer_to_config
-from .dropout import Dropout, Dropout2d
-from .linear import Flatten, Linear
-from .locally_connected import LocallyConnected2d
-from .norm import BatchNorm1d, BatchNorm2d, LocalResponseNorm
-from .pool import AdaptiveAvgPool2d, AvgPool2d, GlobalAvgPool2d, LPPool2d, MaxPool2d
-from .shortcut import ZeroPadShortcut
+
+_FAMILIES = tuple(f"{__name__}.{m}" for m in ("activation", "conv", "dropout", "linear", "locally_connected",
+                                               "norm", "pool", "shortcut"))
+globals().update({name: cls for name, cls in LAYER_TYPES.items() if cls.__module__ in _FAMILIES})
+__all__ = sorted(name for name, cls in LAYER_TYPES.items() if cls.__module__ in _FAMILIES) + [
+    "LAYER_TYPES", "Layer", "get_layer_class", "layer_from_config", "layer_to_config"]
