@@ -28,7 +28,7 @@ from convnp.layers.conv import Conv2d
 from convnp.layers.dropout import Dropout, Dropout2d
 from convnp.layers.linear import Flatten, Linear
 from convnp.layers.locally_connected import LocallyConnected2d
-from convnp.layers.norm import BatchNorm1d, BatchNorm2d, LocalResponseNorm
+from convnp.layers.norm import BatchNorm1d, BatchNorm2d, GroupNorm, LocalResponseNorm
 from convnp.layers.pool import AvgPool2d, GlobalAvgPool2d, LPPool2d, MaxPool2d
 from convnp.models import get_model, list_models
 from convnp.layers.pool import AdaptiveAvgPool2d
@@ -136,6 +136,8 @@ LAYER_CASES = {
     "dropout": (lambda: _seq(Dropout(0.5, rng=0), Dropout2d(0.3, rng=0)), (3, 4, 4), {"Identity"}),
     "batchnorm2d": (lambda: _seq(BatchNorm2d(3, eps=1e-3)), (3, 4, 4), {"BatchNormalization"}),
     "batchnorm2d_no_affine": (lambda: _seq(BatchNorm2d(3, affine=False)), (3, 4, 4), {"BatchNormalization"}),
+    "groupnorm": (lambda: _randomize(_seq(GroupNorm(2, 6, eps=1e-3))), (6, 3, 5), {"InstanceNormalization", "Mul"}),
+    "groupnorm_no_affine": (lambda: _seq(GroupNorm(3, 3, affine=False)), (3, 4, 4), {"InstanceNormalization"}),
     "batchnorm1d_features": (lambda: _seq(Flatten(), BatchNorm1d(12)), (3, 2, 2), {"BatchNormalization"}),
     "batchnorm1d_sequence": (lambda: _seq(Flatten(start_dim=2), BatchNorm1d(3)), (3, 2, 4), {"BatchNormalization"}),
     "lrn_odd": (lambda: _seq(LocalResponseNorm(5, alpha=1e-2, beta=0.75, k=2.0)), (7, 3, 3), {"LRN"}),

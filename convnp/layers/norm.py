@@ -1,4 +1,4 @@
-"""Normalization layers: BatchNorm1d, BatchNorm2d and LocalResponseNorm (PyTorch semantics).
+"""Normalization layers: BatchNorm1d, BatchNorm2d, GroupNorm and LocalResponseNorm (PyTorch semantics).
 
 Batch norm keeps PyTorch's state_dict names: params ``weight`` (ones) and ``bias``
 (zeros), buffers ``running_mean`` (zeros), ``running_var`` (ones) and
@@ -12,7 +12,8 @@ import math
 import numpy as np
 
 from ..errors import ConfigError, ShapeError
-from ..ops.norm import batchnorm_backward, batchnorm_forward, batchnorm_running_update, lrn_backward, lrn_forward
+from ..ops.norm import (batchnorm_backward, batchnorm_forward, batchnorm_running_update, groupnorm_backward,
+                        groupnorm_forward, lrn_backward, lrn_forward)
 from .._util import check_int as _count
 from .._util import check_real as _real
 from .._util import make_rng
@@ -188,6 +189,107 @@ class BatchNorm2d(_BatchNorm):
     def from_spec(cls, token, args, opts, shape, rng, dtype):
         """``BN``: BatchNorm2d on a volume, BatchNorm1d on a vector."""
         return [(cls if len(shape) == 3 else BatchNorm1d)(shape[0], dtype=dtype)]
+
+
+class GroupNorm(Layer):
+    """Group normalization (Wu & He 2018), PyTorch's ``nn.GroupNorm``: (N, C, *) -> the same shape.
+
+    The C channels of each example split into ``num_groups`` groups of C/G; each group is
+    normalized over its C/G x H x W values, y = weight_c * (x - mean_g) / sqrt(var_g + eps) + bias_c
+    (biased variance), the same in training and evaluation, and independent of the batch size.
+    Params ``weight`` (C,) ones and ``bias`` (C,) zeros when ``affine``; no buffers.
+    """
+
+    def __init__(self, num_groups: int, num_channels: int, eps: float = 1e-5, affine: bool = True,
+                 dtype="float32"):
+        super().__init__()
+        self.num_groups = _count(num_groups, "num_groups", "GroupNorm")
+        self.num_channels = _count(num_channels, "num_channels", "GroupNorm")
+        if self.num_channels % self.num_groups:
+            raise ConfigError(f"GroupNorm: num_channels ({num_channels}) must be divisible by num_groups "
+                              f"({num_groups})")
+        self.eps = _real(eps, "eps", "GroupNorm", minimum=0.0, strict=True)
+        if not isinstance(affine, (bool, np.bool_)):
+            raise ConfigError(f"GroupNorm: affine must be True or False, got {affine!r}")
+        self.affine = bool(affine)
+        self.dtype = check_dtype(dtype)
+        if self.affine:
+            self.params["weight"] = np.ones(self.num_channels, dtype=self.dtype)
+            self.params["bias"] = np.zeros(self.num_channels, dtype=self.dtype)
+        self._out_shape = None
+
+    def output_shape(self, input_shape: tuple) -> tuple:
+        shape = tuple(input_shape)
+        return self._check_shape(shape, max(len(shape), 1), self.num_channels, "(C, *)")
+
+    def forward(self, x, train: bool = False):
+        self._check_input(x, max(getattr(x, "ndim", 2), 2), self.num_channels, "(N, C, *)")
+        out, cache = groupnorm_forward(x, self.params.get("weight"), self.params.get("bias"), self.num_groups,
+                                       self.eps)
+        self._cache, self._out_shape = cache, out.shape
+        return out
+
+    def backward(self, dout):
+        """dx; fills grads["weight"] and grads["bias"] when affine."""
+        cache = self._pop_cache(dout, self._out_shape)
+        dx, dweight, dbias = groupnorm_backward(dout, cache)
+        self.grads = {} if not self.affine else {"weight": dweight, "bias": dbias}
+        return dx
+
+    # --- facts ----------------------------------------------------------------------------------
+    costs = elementwise_costs(7)   # the group sums (3), normalise (2), scale and shift (2)
+
+    def memory(self, in_shapes, out_shape, n, b, in_nhwc=False):
+        """Keeps the normalised input in float64; float64 temporaries in forward and backward."""
+        elems = math.prod(out_shape) * n
+        return LayerMemory(out_bytes=elems * b, saved=8 * elems, fwd_work=16 * elems, bwd_work=24 * elems,
+                           grad_bytes=self._param_bytes())
+
+    def shardable(self, train):
+        return True   # statistics per example: never across the batch
+
+    fc_conv_role = "spatial"
+    report_role = "transparent"
+
+    def to_onnx(self, b, x, shape, path):
+        """Reshape to (N, G, -1), InstanceNormalization (normalizes each (n, g) row), reshape back,
+        then Mul/Add the per-channel weight and bias (works from opset 13)."""
+        shape = tuple(self.output_shape(shape))
+        g = self.num_groups
+        rows = b.node("Reshape", [x, b.ints(f"{path}.groups_shape", [0, g, -1])], f"{path}.groups")
+        normed = b.node("InstanceNormalization", [rows, b.const(f"{path}.ones", np.ones(g)),
+                                                  b.const(f"{path}.zeros", np.zeros(g))],
+                        f"{path}.normalize", epsilon=float(self.eps))
+        y = b.node("Reshape", [normed, b.ints(f"{path}.shape", [0, *shape])], f"{path}.ungroup" if self.affine
+                   else path)
+        if self.affine:
+            column = (self.num_channels,) + (1,) * (len(shape) - 1)
+            y = b.node("Mul", [y, b.const(f"{path}.weight", self.params["weight"].reshape(column))], f"{path}.scale")
+            y = b.node("Add", [y, b.const(f"{path}.bias", self.params["bias"].reshape(column))], path)
+        return y, shape
+
+    spec_tokens = (SpecToken("GN", "F", volume=True, arg_names=("the number of groups",)),)
+
+    @classmethod
+    def from_spec(cls, token, args, opts, shape, rng, dtype):
+        """``GN<G>``: GroupNorm(G, C) over the current volume's C channels."""
+        return [cls(args[0], shape[0], dtype=dtype)]
+
+    def to_spec(self, next_layer, shape):
+        if self.eps != 1e-5 or not self.affine:
+            raise self.no_spelling("GN<G> stands for the default eps=1e-5, affine=True only")
+        return f"GN{self.num_groups}"
+
+    def torch_module(self, nn):
+        return nn.GroupNorm(self.num_groups, self.num_channels, self.eps, affine=self.affine)
+
+    def get_config(self) -> dict:
+        return {"num_groups": self.num_groups, "num_channels": self.num_channels, "eps": self.eps,
+                "affine": self.affine, "dtype": self.dtype.name}
+
+    def extra_repr(self) -> str:
+        text = f"{self.num_groups}, {self.num_channels}, eps={self.eps}, affine={self.affine}"
+        return text + (f", dtype={self.dtype.name!r}" if self.dtype != np.float32 else "")
 
 
 class LocalResponseNorm(Layer):

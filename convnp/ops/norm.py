@@ -1,4 +1,4 @@
-"""Normalization kernels: batch normalization and local response normalization.
+"""Normalization kernels: batch, group and local response normalization.
 
 Inputs are channels-first, ``(N, C, *)``: axis 1 holds the channels and every
 other axis (the batch and any spatial axes) is one of the "values per channel".
@@ -12,7 +12,9 @@ statistics in evaluation. Local response normalization, PyTorch's formula:
 
     b_c = a_c / (k + alpha/size * sum_{c'=c-size//2}^{c+(size-1)//2} a_{c'}^2) ** beta
 
-with zeros outside the channel range.
+with zeros outside the channel range. Group normalization (Wu & He 2018) splits the C channels
+of each example into G groups of C/G and normalizes each group over its C/G x H x W values (biased
+variance), then scales and shifts per channel; it never looks across the batch.
 """
 
 from __future__ import annotations
@@ -221,3 +223,39 @@ def lrn_backward(dout, cache):
     x, scale, denom, out, size, alpha, beta = cache
     back = _channel_window_sum(dout * out / scale, (size - 1) // 2, size // 2)
     return dout / denom - (2.0 * alpha * beta / size) * x * back
+
+
+# --- group normalization ----------------------------------------------------------------------------
+def groupnorm_forward(x, weight, bias, num_groups: int, eps: float = 1e-5):
+    """x (N, C, *) -> out of the same shape, with (N, G) group statistics; weight, bias (C,) or None.
+
+    Statistics accumulate in float64 and the output keeps x's dtype.
+    """
+    xp = array_module(x)
+    n, c = x.shape[:2]
+    groups = xp.asarray(x, dtype=np.float64).reshape(n, num_groups, -1)
+    mean = groups.mean(axis=2, keepdims=True)
+    centered = groups - mean
+    inv_std = 1.0 / xp.sqrt((centered * centered).mean(axis=2, keepdims=True) + eps)
+    xhat = (centered * inv_std).reshape(x.shape)
+    out = xhat if weight is None else xhat * _per_channel(weight, x)
+    if bias is not None:
+        out = out + _per_channel(bias, x)
+    cache = {"xhat": xhat, "inv_std": inv_std, "weight": weight, "has_bias": bias is not None,
+             "groups": num_groups, "dtype": x.dtype}
+    return out.astype(x.dtype, copy=False), cache
+
+
+def groupnorm_backward(dout, cache):
+    """(dx, dweight, dbias): dx per group = inv_std/M * (M*g - sum g - xhat * sum g*xhat), g = dout*weight."""
+    xhat, inv_std, weight = cache["xhat"], cache["inv_std"], cache["weight"]
+    d = dout.astype(np.float64, copy=False)
+    n, c = d.shape[:2]
+    axes = (0,) + tuple(range(2, d.ndim))
+    dweight = None if weight is None else (d * xhat).sum(axis=axes).astype(weight.dtype, copy=False)
+    dbias = d.sum(axis=axes).astype(cache["dtype"], copy=False) if cache["has_bias"] else None
+    g = d if weight is None else d * _per_channel(weight, d)
+    gg, hg = g.reshape(n, cache["groups"], -1), xhat.reshape(n, cache["groups"], -1)
+    m = gg.shape[2]
+    dx = inv_std / m * (m * gg - gg.sum(axis=2, keepdims=True) - hg * (gg * hg).sum(axis=2, keepdims=True))
+    return dx.reshape(dout.shape).astype(cache["dtype"], copy=False), dweight, dbias
