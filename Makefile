@@ -12,7 +12,7 @@ $(BIN)/python:
 # Install convnp with its runtime extras and run the main job (LeNet-5 on MNIST).
 train: $(BIN)/python
 	$(BIN)/pip install -q -e ".[train]"
-	$(BIN)/convnp train
+	$(BIN)/convnp train --overwrite
 
 # Install convnp with the test extra (pytest, hypothesis, torch as the oracle, onnx, mpi) and run every test.
 test: $(BIN)/python browser

@@ -235,6 +235,13 @@ def export_model(model, out, input_shape=None, opset: int = DEFAULT_OPSET, num_c
     """
     if format != "onnx":
         raise ConfigError(f"export: format must be 'onnx' (the only export format), got {format!r}")
+    folder = os.path.dirname(os.path.abspath(out))
+    if os.path.isdir(out):
+        raise ConfigError(f"export: --out {out} is a folder; give a file name, e.g. {os.path.join(out, 'model.onnx')}")
+    if not os.path.isdir(folder):
+        raise ConfigError(f"export: --out {out}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise ConfigError(f"export: --out {out}: cannot write into {folder} (read-only or no permission)")
     shape = parse_input_shape(input_shape) if input_shape is not None else None
     meta = {}
     if isinstance(model, (str, os.PathLike)) and os.path.isfile(model):

@@ -7,9 +7,10 @@ net.backward(dscores); optimizer.step(params, grads); schedule.step().
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
-import os
+import sys
 import time
 from pathlib import Path
 
@@ -17,11 +18,28 @@ import numpy as np
 
 from ..errors import ConvnpError
 from ..optim import clip_grad_norm, join_state_dict, split_state_dict
-from .checkpoint import CheckpointError, load_checkpoint, restore_rng, rng_state, save_checkpoint
+from .checkpoint import (CheckpointError, atomic_write_bytes, load_checkpoint, restore_rng, rng_state,
+                         save_checkpoint)
+
+#: Entries of a checkpoint's meta that ``Trainer.resume`` restores, and those of its "trainer" entry.
+RESUME_ENTRIES = ("trainer", "optimizer", "layer_rngs", "loader", "history")
+TRAINER_ENTRIES = ("epoch", "step_in_epoch", "global_step", "elapsed", "sums")
 
 
 class TrainingError(ConvnpError):
     """Training cannot go on (e.g. the loss became NaN or infinite)."""
+
+
+def check_resume_meta(path, meta: dict) -> None:
+    """CheckpointError naming ``path`` and every entry ``Trainer.resume`` needs that ``meta`` lacks."""
+    missing = [k for k in RESUME_ENTRIES if k not in meta]
+    if isinstance(meta.get("trainer"), dict):
+        missing += [f"trainer.{k}" for k in TRAINER_ENTRIES if k not in meta["trainer"]]
+    elif "trainer" in meta:
+        missing.append("trainer (a dict)")
+    if missing:
+        raise CheckpointError(f"checkpoint {str(path)!r} cannot be resumed: its metadata has no "
+                              f"{', '.join(missing)} entry (damaged, or not written by Trainer.save_checkpoint)")
 
 
 def iter_layers(layer):
@@ -70,13 +88,14 @@ class Trainer:
 
     def __init__(self, net, loss, optimizer, train_loader, val_loader=None, schedule=None,
                  callbacks=(), out_dir=None, checkpoint_every: int | None = None, clip_norm=None,
-                 progress: bool = True, config: dict | None = None):
+                 progress: bool = True, config: dict | None = None, continue_on_nan: bool = False):
         self.net, self.loss, self.optimizer, self.schedule = net, loss, optimizer, schedule
         self.train_loader, self.val_loader = train_loader, val_loader
         self.callbacks = list(callbacks)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.checkpoint_every = checkpoint_every  # steps; None: at the end of each epoch only
         self.clip_norm, self.progress = clip_norm, progress
+        self.continue_on_nan = continue_on_nan  # NaN/inf validation metrics: warn and go on instead of stopping
         self.config = dict(config or {})
         self.history: list[dict] = []
         self.epoch, self.step_in_epoch, self.global_step = 0, 0, 0
@@ -132,7 +151,19 @@ class Trainer:
             if self.out_dir is not None:
                 self.save_checkpoint()
                 self._write_history()
+            self._check_finite_validation(logs)
         return self.history
+
+    def _check_finite_validation(self, logs: dict) -> None:
+        """Stop with a TrainingError on NaN/inf validation metrics, or warn on stderr with ``continue_on_nan``."""
+        bad = ", ".join(f"{k} {v}" for k, v in logs.items() if k.startswith("val_") and not math.isfinite(v))
+        if not bad:
+            return
+        problem = f"{bad} after epoch {logs['epoch']}: the validation data or the net's outputs are not finite"
+        if not self.continue_on_nan:
+            raise TrainingError(f"{problem}; stopped (checkpoint and history hold this epoch; "
+                                "continue_on_nan=True, convnp train --continue-on-nan, trains on regardless)")
+        print(f"WARNING: {problem}; training goes on (continue_on_nan)", file=sys.stderr, flush=True)
 
     def _run_epoch(self, epochs: int) -> dict:
         from tqdm.auto import tqdm
@@ -210,6 +241,7 @@ class Trainer:
         """Restore weights, optimizer, schedule, RNGs, loader position and history from a checkpoint."""
         path = Path(path) if path is not None else self.checkpoint_path
         arrays, meta = load_checkpoint(path)
+        check_resume_meta(path, meta)
         model = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
         self.net.load_state_dict(model)
         self.params = self.net.named_parameters()
@@ -236,12 +268,10 @@ class Trainer:
         self.history = list(meta["history"])
 
     def _write_history(self) -> None:
-        self.out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = self.out_dir / "history.json.tmp"
-        tmp.write_text(json.dumps(self.history, indent=1))
-        os.replace(tmp, self.out_dir / "history.json")
+        atomic_write_bytes(self.out_dir / "history.json", json.dumps(self.history, indent=1).encode())
         keys = sorted({k for row in self.history for k in row}, key=lambda k: (k != "epoch", k))
-        with open(self.out_dir / "history.csv", "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=keys)
-            writer.writeheader()
-            writer.writerows(self.history)
+        table = io.StringIO(newline="")
+        writer = csv.DictWriter(table, fieldnames=keys)
+        writer.writeheader()
+        writer.writerows(self.history)
+        atomic_write_bytes(self.out_dir / "history.csv", table.getvalue().encode())
