@@ -1,12 +1,21 @@
-"""convnp's safetensors files: arrays plus a JSON header, written atomically.
+"""convnp's safetensors files: arrays plus a JSON header, written atomically, verified on load.
 
 Checkpoints (``convnp.train.checkpoint``) and saved models (``convnp.io.model_file``) are both
 plain safetensors files whose header metadata (string -> string) holds at least::
 
-    {"format": "convnp-checkpoint" | "convnp-model", "version": "1", "convnp_version": "..."}
+    {"format": "convnp-checkpoint" | "convnp-model", "version": "1", "convnp_version": "...",
+     "sha256": json.dumps({tensor name: SHA-256 hex digest})}
 
 Loading parses only the safetensors header (JSON) and raw little-endian array bytes, so
 opening a file never runs code from it: there is no pickle anywhere in convnp's file formats.
+
+Integrity: ``write_safetensors`` stores the SHA-256 of every tensor's raw little-endian bytes
+in the header and ``read_safetensors`` checks each tensor it reads against it, so a flipped
+bit raises CheckpointError naming the file and the tensor. SHA-256 (hashlib, SHA-NI where the
+CPU has it) hashes about 2 GB/s here, faster than blake2b, so a 250 MB checkpoint costs about
+0.12 s to hash on save and again on load. Files written before digests existed (no "sha256"
+entry) still load, unchecked; a file whose "sha256" entry is present and does not match never
+loads. Readers older than the digests ignore the entry, so the format version stays 1.
 
 Writing goes to a hidden temporary file in the target's directory, is flushed and fsynced,
 then ``os.replace``-d onto the target (and the directory fsynced): a crash or a kill in the
@@ -19,6 +28,7 @@ The safetensors package is imported only inside the functions that read or write
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import secrets
@@ -30,10 +40,11 @@ import numpy as np
 from ..errors import ConvnpError
 
 __all__ = ["CheckpointError", "write_safetensors", "read_safetensors", "json_field", "atomic_path",
-           "atomic_write_bytes", "CHECKPOINT_FORMAT", "MODEL_FORMAT", "VERSION",
-           "SUPPORTED_DTYPES"]
+           "atomic_write_bytes", "tensor_digest", "CHECKPOINT_FORMAT", "MODEL_FORMAT", "VERSION",
+           "SUPPORTED_DTYPES", "DIGESTS"]
 
 VERSION = 1
+DIGESTS = "sha256"  # header entry: JSON {tensor name: SHA-256 of its raw little-endian bytes}
 
 # numpy dtypes safetensors stores (bfloat16/float8 have no numpy dtype).
 SUPPORTED_DTYPES = ("bool", "int8", "uint8", "int16", "uint16", "int32", "uint32", "int64", "uint64",
@@ -169,6 +180,12 @@ def json_field(path, md: dict, key: str, what: str, required: bool = True):
 
 
 # --- writing ------------------------------------------------------------------------------------
+def tensor_digest(a: np.ndarray) -> str:
+    """SHA-256 hex digest of ``a``'s raw little-endian, C-ordered bytes (what safetensors stores)."""
+    a = a.astype(a.dtype.newbyteorder("<"), order="C", copy=False)
+    return hashlib.sha256(a.reshape(-1).view(np.uint8)).hexdigest()
+
+
 def _prepare_arrays(arrays, path: str, what: str) -> dict:
     if not isinstance(arrays, Mapping):
         raise CheckpointError(f"cannot save {what} {path!r}: arrays must be a dict name -> array, "
@@ -187,22 +204,23 @@ def _prepare_arrays(arrays, path: str, what: str) -> dict:
         if a.dtype.name not in SUPPORTED_DTYPES:
             raise CheckpointError(f"cannot save {what} {path!r}: {k!r} has dtype {a.dtype}, which "
                                   f"safetensors cannot store (supported: {', '.join(SUPPORTED_DTYPES)})")
-        if not a.flags.c_contiguous:  # safetensors.numpy writes raw memory: must be C-ordered
-            a = a.copy(order="C")
-        out[k] = a
+        # safetensors.numpy writes raw memory: C-ordered and little-endian, as the digest sees it
+        out[k] = a.astype(a.dtype.newbyteorder("<"), order="C", copy=False)
     return out
 
 
 def write_safetensors(path, arrays, metadata: dict, what: str = "checkpoint") -> None:
-    """Atomically write ``arrays`` and string ``metadata`` as one safetensors file."""
+    """Atomically write ``arrays`` and string ``metadata`` (plus each tensor's SHA-256) as one file."""
     import safetensors.numpy as stnp
 
     path = os.fspath(path)
     prepared = _prepare_arrays(arrays, path, what)
+    header = dict(metadata, **{DIGESTS: json.dumps({k: tensor_digest(a) for k, a in prepared.items()},
+                                                   ensure_ascii=False, separators=(",", ":"))})
     with atomic_path(path) as tmp:
         mode = os.stat(tmp).st_mode & 0o777  # 0o666 minus the umask, as created by atomic_path
         try:
-            stnp.save_file(prepared, tmp, metadata=metadata)
+            stnp.save_file(prepared, tmp, metadata=header)
         except Exception as e:
             raise CheckpointError(f"cannot save {what} {path!r}: {e}") from e
         os.chmod(tmp, mode)  # safetensors creates its file 0o600; give it the usual permissions
@@ -280,21 +298,46 @@ def _check_format(path: str, metadata, expected: str, what: str) -> dict:
     return md
 
 
+def _digests(path: str, md: dict, names, what: str) -> dict | None:
+    """The header's tensor digests, checked to name exactly the file's tensors; None in older files."""
+    digests = json_field(path, md, DIGESTS, what, required=False)
+    if digests is None:
+        return None
+    if not isinstance(digests, dict) or not all(isinstance(v, str) for v in digests.values()):
+        raise CheckpointError(f"{what} {path!r} is corrupt: its header entry {DIGESTS!r} is not a dict of "
+                              "tensor name -> SHA-256")
+    unlisted = [k for k in names if k not in digests]
+    if unlisted:
+        raise CheckpointError(f"{what} {path!r} is corrupt: tensor {unlisted[0]!r} has no SHA-256 in its header")
+    absent = [k for k in digests if k not in set(names)]
+    if absent:
+        raise CheckpointError(f"{what} {path!r} is corrupt: its header has a SHA-256 for tensor {absent[0]!r}, "
+                              "which the file does not hold")
+    return digests
+
+
 def read_safetensors(path, expected_format: str, what: str = "checkpoint",
                      with_arrays: bool = True) -> tuple[dict, dict]:
     """(arrays, header metadata) of a convnp safetensors file whose format is ``expected_format``.
 
-    Arrays are writable copies in the file's key order; with ``with_arrays=False`` only the
-    header is read. Every failure raises CheckpointError naming the path.
+    Arrays are writable copies in the file's key order, each checked against its SHA-256 in
+    the header when the file has digests (files written before digests load unchecked); with
+    ``with_arrays=False`` only the header is read and nothing is checked. Every failure,
+    a digest mismatch included, raises CheckpointError naming the path (and the tensor).
     """
     path = os.fspath(path)
     with _open_safetensors(path, what) as f:
         md = _check_format(path, f.metadata(), expected_format, what)
         arrays = {}
         if with_arrays:
-            try:
-                for k in f.keys():
+            names = list(f.keys())
+            digests = _digests(path, md, names, what)
+            for k in names:
+                try:
                     arrays[k] = np.array(f.get_tensor(k), copy=True)
-            except Exception as e:
-                raise CheckpointError(f"{what} {path!r}: cannot read array data: {e}") from e
+                except Exception as e:
+                    raise CheckpointError(f"{what} {path!r}: cannot read array data: {e}") from e
+                if digests is not None and tensor_digest(arrays[k]) != digests[k]:
+                    raise CheckpointError(f"{what} {path!r} is corrupt: tensor {k!r} does not match the SHA-256 "
+                                          "recorded in its header when it was written")
     return arrays, md

@@ -1,0 +1,153 @@
+"""Integrity: tensor digests in checkpoints and model files, checkpoint fallback, the dataset cache."""
+
+import json
+import os
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import safetensors.numpy as stnp
+from convnp.io.model_file import load_model, model_info, save_model
+from convnp.io.safetensors_file import tensor_digest
+from convnp.layers import Linear, ReLU
+from convnp.nets import Sequential
+from convnp.train.checkpoint import CheckpointError, load_checkpoint, load_checkpoint_meta, save_checkpoint
+
+
+def _tensor_spans(path) -> dict:
+    """name -> (first byte, end) of each tensor's data in a safetensors file."""
+    with open(path, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n))
+    return {k: (8 + n + v["data_offsets"][0], 8 + n + v["data_offsets"][1])
+            for k, v in header.items() if k != "__metadata__"}
+
+
+def _flip_bit(path, offset: int, bit: int = 0) -> None:
+    data = bytearray(open(path, "rb").read())
+    data[offset] ^= 1 << bit
+    open(path, "wb").write(bytes(data))
+
+
+def _header(path) -> dict:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        return dict(f.metadata())
+
+
+def _rewrite(path, **md_changes) -> None:
+    """Rewrite ``path`` with the same tensors and changed header entries (None deletes one)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        md = dict(f.metadata())
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    for k, v in md_changes.items():
+        if v is None:
+            md.pop(k)
+        else:
+            md[k] = v
+    stnp.save_file(tensors, str(path), metadata=md)
+
+
+def _arrays():
+    rng = np.random.default_rng(0)
+    return {"model/fc.weight": rng.standard_normal((16, 8)).astype(np.float32),
+            "model/fc.bias": np.zeros(16, np.float32),
+            "optim/step": np.array(7, np.int64),
+            "mask": np.array([True, False, True]),
+            "empty": np.zeros((0, 3), np.float64)}
+
+
+def _net():
+    return Sequential(Linear(6, 5, rng=0), ReLU(), Linear(5, 3, rng=1))
+
+
+# --- digests in the header --------------------------------------------------------------------------
+def test_every_tensor_has_its_sha256_in_the_header(tmp_path):
+    p = tmp_path / "c.safetensors"
+    arrays = _arrays()
+    save_checkpoint(p, arrays, {"epoch": 1})
+    digests = json.loads(_header(p)["sha256"])
+    assert digests == {k: tensor_digest(v) for k, v in arrays.items()}
+    big_endian = np.arange(5, dtype=">f8")  # stored little-endian: the digest is of the stored bytes
+    save_checkpoint(p, {"w": big_endian}, {})
+    assert json.loads(_header(p)["sha256"])["w"] == tensor_digest(np.arange(5, dtype="<f8"))
+    save_model(_net(), tmp_path / "m.safetensors")
+    assert set(json.loads(_header(tmp_path / "m.safetensors")["sha256"])) == set(_net().state_dict())
+
+
+@pytest.mark.parametrize("name", [k for k, v in _arrays().items() if v.size])
+def test_flipped_bit_in_a_checkpoint_tensor_names_it(tmp_path, name):
+    p = tmp_path / "c.safetensors"
+    save_checkpoint(p, _arrays(), {"epoch": 1})
+    lo, hi = _tensor_spans(p)[name]
+    _flip_bit(p, (lo + hi) // 2, bit=3)
+    with pytest.raises(CheckpointError) as err:
+        load_checkpoint(p)
+    assert str(p) in str(err.value) and f"tensor {name!r}" in str(err.value) and "SHA-256" in str(err.value)
+    assert load_checkpoint_meta(p) == {"epoch": 1}  # the header alone is still readable
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.data())
+def test_any_flipped_bit_in_tensor_data_is_caught(tmp_path_factory, data):
+    p = tmp_path_factory.mktemp("flip") / "c.safetensors"
+    save_checkpoint(p, _arrays(), {"epoch": 1})
+    spans = {k: s for k, s in _tensor_spans(p).items() if s[1] > s[0]}
+    name = data.draw(st.sampled_from(sorted(spans)))
+    offset = data.draw(st.integers(spans[name][0], spans[name][1] - 1))
+    _flip_bit(p, offset, data.draw(st.integers(0, 7)))
+    with pytest.raises(CheckpointError, match=f"tensor {name!r}"):
+        load_checkpoint(p)
+
+
+def test_flipped_bit_in_a_model_file_names_the_tensor(tmp_path):
+    p = tmp_path / "m.safetensors"
+    save_model(_net(), p, extra={"classes": ["a", "b", "c"]})
+    lo, _ = _tensor_spans(p)["2.bias"]
+    _flip_bit(p, lo + 1, bit=6)
+    with pytest.raises(CheckpointError) as err:
+        load_model(p)
+    assert str(p) in str(err.value) and "tensor '2.bias'" in str(err.value)
+    assert model_info(p)["extra"] == {"classes": ["a", "b", "c"]}
+
+
+def test_a_present_but_wrong_digest_entry_never_loads(tmp_path):
+    p = tmp_path / "c.safetensors"
+    save_checkpoint(p, _arrays(), {})
+    digests = json.loads(_header(p)["sha256"])
+    cases = {
+        "tensor 'model/fc.bias' does not match": dict(digests, **{"model/fc.bias": "0" * 64}),
+        "tensor 'mask' has no SHA-256": {k: v for k, v in digests.items() if k != "mask"},
+        "SHA-256 for tensor 'ghost'": dict(digests, ghost="0" * 64),
+        "is not a dict of tensor name": ["not", "a", "dict"],
+    }
+    for needle, entry in cases.items():
+        save_checkpoint(p, _arrays(), {})
+        _rewrite(p, sha256=json.dumps(entry))
+        with pytest.raises(CheckpointError, match=needle):
+            load_checkpoint(p)
+    save_checkpoint(p, _arrays(), {})
+    _rewrite(p, sha256="{not json")
+    with pytest.raises(CheckpointError, match="'sha256' is not valid JSON"):
+        load_checkpoint(p)
+
+
+def test_files_written_before_digests_still_load(tmp_path):
+    old = tmp_path / "old-checkpoint.safetensors"  # exactly what convnp wrote before digests
+    arrays = _arrays()
+    stnp.save_file(arrays, str(old), metadata={"format": "convnp-checkpoint", "version": "1",
+                                               "convnp_version": "0.1.0", "convnp": '{"epoch":3}'})
+    loaded, meta = load_checkpoint(old)
+    assert meta == {"epoch": 3} and all(np.array_equal(loaded[k], v) for k, v in arrays.items())
+    m = tmp_path / "old-model.safetensors"
+    net = _net()
+    save_model(net, m)
+    _rewrite(m, sha256=None)
+    assert "sha256" not in _header(m)
+    x = np.random.default_rng(2).standard_normal((4, 6)).astype(np.float32)
+    np.testing.assert_array_equal(load_model(m).forward(x), net.forward(x))
