@@ -151,3 +151,83 @@ def test_files_written_before_digests_still_load(tmp_path):
     assert "sha256" not in _header(m)
     x = np.random.default_rng(2).standard_normal((4, 6)).astype(np.float32)
     np.testing.assert_array_equal(load_model(m).forward(x), net.forward(x))
+
+
+# --- keeping checkpoints and falling back to the previous good one ---------------------------------
+def _trainer(out, keep=2):
+    from convnp.data import ArrayDataset, DataLoader
+    from convnp.losses import SoftmaxCrossEntropy
+    from convnp.optim import SGD
+    from convnp.train.trainer import Trainer
+
+    rng = np.random.default_rng(0)
+    data = ArrayDataset(rng.standard_normal((64, 6)).astype(np.float32), rng.integers(0, 3, 64))
+    loader = DataLoader(data, batch_size=16, shuffle=True, seed=0)
+    return Trainer(_net(), SoftmaxCrossEntropy(), SGD(lr=0.1, momentum=0.9), loader, out_dir=out,
+                   progress=False, keep_checkpoints=keep)
+
+
+def _epoch(path) -> int:
+    return load_checkpoint_meta(path)["trainer"]["epoch"]
+
+
+@pytest.mark.parametrize("keep, kept", [(1, []), (2, [3]), (3, [3, 2])])
+def test_the_last_k_checkpoints_are_kept(tmp_path, keep, kept):
+    _trainer(tmp_path, keep).fit(4)
+    assert _epoch(tmp_path / "checkpoint.safetensors") == 4
+    assert [_epoch(tmp_path / f"checkpoint.{i}.safetensors") for i in range(1, len(kept) + 1)] == kept
+    assert sorted(os.listdir(tmp_path)) == sorted(["checkpoint.safetensors", "history.json", "history.csv"]
+                                                  + [f"checkpoint.{i}.safetensors" for i in range(1, keep)])
+
+
+def test_corrupt_newest_checkpoint_resumes_from_the_previous_one(tmp_path, capsys):
+    full = _trainer(tmp_path / "full")
+    full.fit(2)
+    out = tmp_path / "cut"
+    _trainer(out).fit(2)
+    newest, previous = out / "checkpoint.safetensors", out / "checkpoint.1.safetensors"
+    lo, hi = _tensor_spans(newest)["model/0.weight"]
+    _flip_bit(newest, (lo + hi) // 2)
+    capsys.readouterr()
+    resumed = _trainer(out)
+    resumed.resume()
+    err = capsys.readouterr().err
+    assert f"{newest}' is corrupt: tensor 'model/0.weight'" in err, err
+    assert f"moved it aside to {newest}.corrupt" in err and f"previous good checkpoint {previous}" in err, err
+    assert resumed.epoch == 1 and resumed.last_checkpoint == previous  # never the corrupt one
+    assert (out / "checkpoint.safetensors.corrupt").exists() and not newest.exists()
+    resumed.fit(2)  # epoch 2 again, from epoch 1's exact state: the same weights as the uninterrupted run
+    for k, v in full.net.state_dict().items():
+        assert np.array_equal(v, resumed.net.state_dict()[k]), k
+    assert _epoch(newest) == 2 and _epoch(previous) == 1  # the checkpoint resumed from is kept
+
+
+@pytest.mark.parametrize("damage", ["truncated", "missing", "garbage"])
+def test_unreadable_newest_checkpoint_falls_back(tmp_path, capsys, damage):
+    _trainer(tmp_path).fit(2)
+    newest = tmp_path / "checkpoint.safetensors"
+    if damage == "truncated":
+        newest.write_bytes(newest.read_bytes()[:-100])
+    elif damage == "missing":
+        newest.unlink()
+    else:
+        newest.write_bytes(b"\0" * 1000)
+    resumed = _trainer(tmp_path)
+    resumed.resume()
+    assert resumed.epoch == 1
+    assert f"previous good checkpoint {tmp_path / 'checkpoint.1.safetensors'}" in capsys.readouterr().err
+
+
+def test_no_good_checkpoint_names_each_and_moves_nothing(tmp_path):
+    _trainer(tmp_path).fit(2)
+    for name in ("checkpoint.safetensors", "checkpoint.1.safetensors"):
+        lo, _ = _tensor_spans(tmp_path / name)["model/2.bias"]
+        _flip_bit(tmp_path / name, lo)
+    before = sorted(os.listdir(tmp_path))
+    with pytest.raises(CheckpointError) as err:
+        _trainer(tmp_path).resume()
+    assert "checkpoint.safetensors' is corrupt" in str(err.value)
+    assert "checkpoint.1.safetensors' is corrupt" in str(err.value)
+    assert sorted(os.listdir(tmp_path)) == before
+    with pytest.raises(CheckpointError, match="does not exist"):
+        _trainer(tmp_path / "empty").resume()

@@ -16,7 +16,11 @@ back the same tree.
 from __future__ import annotations
 
 import os
+import re
+import shutil
+import sys
 from collections.abc import Mapping
+from pathlib import Path
 
 import numpy as np
 
@@ -36,8 +40,8 @@ from ..io.safetensors_file import (
 )
 
 __all__ = ["CheckpointError", "save_checkpoint", "load_checkpoint", "load_checkpoint_meta", "save_state",
-           "load_state", "flatten_state", "unflatten_state", "rng_state", "restore_rng", "atomic_path",
-           "atomic_write_bytes", "FORMAT", "VERSION", "SUPPORTED_DTYPES"]
+           "load_state", "flatten_state", "unflatten_state", "kept_path", "keep_previous", "load_last_good",
+           "rng_state", "restore_rng", "atomic_path", "atomic_write_bytes", "FORMAT", "VERSION", "SUPPORTED_DTYPES"]
 
 FORMAT = CHECKPOINT_FORMAT
 _ARRAY = "__array__"  # marker key in a flattened state's skeleton: {"__array__": "<array name>"}
@@ -82,6 +86,69 @@ def load_checkpoint_meta(path) -> dict:
     if not isinstance(meta, dict):
         raise CheckpointError(f"checkpoint {os.fspath(path)!r}: its meta is a {type(meta).__name__}, not a dict")
     return meta
+
+
+# --- keeping the last k checkpoints ------------------------------------------------------------------
+def kept_path(path, i: int) -> Path:
+    """The i-th previous checkpoint kept beside ``path`` (``checkpoint.safetensors``: ``checkpoint.<i>.safetensors``)."""
+    path = Path(path)
+    return path.with_name(f"{path.stem}.{i}{path.suffix}")
+
+
+def keep_previous(path, keep: int) -> None:
+    """Before ``path`` is overwritten: shift its kept copies one place older and keep it as copy 1.
+
+    Afterwards the newest ``keep - 1`` previous checkpoints survive the write; ``keep=1`` keeps
+    none. The current file becomes copy 1 by a hard link (by a copy where the filesystem has no
+    links), so ``path`` itself never goes missing, even for a moment.
+    """
+    for i in range(keep - 2, 0, -1):
+        if kept_path(path, i).exists():
+            os.replace(kept_path(path, i), kept_path(path, i + 1))
+    if keep > 1 and Path(path).exists():
+        with atomic_path(kept_path(path, 1)) as tmp:
+            os.unlink(tmp)
+            try:
+                os.link(path, tmp)
+            except OSError:
+                shutil.copyfile(path, tmp)
+
+
+def load_last_good(path) -> tuple[Path, dict, dict]:
+    """(path, arrays, meta) of the newest checkpoint among ``path`` and its kept copies that loads.
+
+    A newer one that is missing, truncated, unreadable or fails its digests is skipped with a
+    message on stderr naming it and the one used instead, and is moved aside to
+    ``<name>.corrupt``, so that keeping later checkpoints never pushes it over a good copy.
+    CheckpointError when none loads, naming each and why.
+    """
+    path = Path(path)
+    numbered = re.compile(re.escape(path.stem) + r"\.([1-9][0-9]*)" + re.escape(path.suffix))
+    kept = sorted((int(m.group(1)), p) for p in path.parent.glob(f"{path.stem}.*{path.suffix}")
+                  if (m := numbered.fullmatch(p.name)))
+    failures = []
+    for candidate in [path] + [p for _, p in kept]:
+        try:
+            arrays, meta = load_checkpoint(candidate)
+        except CheckpointError as err:
+            failures.append((candidate, err))
+            continue
+        for bad, err in failures:
+            note = ""
+            if bad.exists():
+                aside = bad.with_name(bad.name + ".corrupt")
+                try:
+                    os.replace(bad, aside)
+                except OSError as e:
+                    raise CheckpointError(f"{err}; cannot move it aside to {str(aside)!r}: {e}") from e
+                note = f"; moved it aside to {aside}"
+            print(f"convnp: {err}{note}", file=sys.stderr, flush=True)
+        if failures:
+            print(f"convnp: resuming from the previous good checkpoint {candidate}", file=sys.stderr, flush=True)
+        return candidate, arrays, meta
+    if len(failures) == 1:
+        raise failures[0][1]
+    raise CheckpointError("no checkpoint loads: " + "; ".join(str(err) for _, err in failures))
 
 
 # --- nested state trees -------------------------------------------------------------------------

@@ -57,6 +57,7 @@ class RunConfig:
     out_dir: str = "runs/latest"
     data_dir: str | None = None
     checkpoint_every: int | None = None
+    keep_checkpoints: int = 2         # the newest checkpoint and the previous ones kept for --resume to fall back on
     prefetch: int = 2
     # data-parallel training over MPI (``mpiexec -n W convnp train ... --distributed``)
     distributed: bool = False
@@ -190,7 +191,7 @@ def _train_run(cfg: RunConfig, resume: bool, progress: bool, comm) -> dict:
             sched_args["start_factor"] = cfg.warmup_start
     schedule = get_schedule(cfg.schedule, optimizer=optimizer, total_steps=total, **sched_args)
     common = dict(val_loader=test_loader, schedule=schedule, out_dir=out, checkpoint_every=cfg.checkpoint_every,
-                  progress=progress, config=asdict(cfg))
+                  keep_checkpoints=cfg.keep_checkpoints, progress=progress, config=asdict(cfg))
     if comm is None:
         trainer = Trainer(net, make_loss(cfg.loss, cfg.label_smoothing), optimizer, train_loader, **common)
     else:
