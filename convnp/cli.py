@@ -85,6 +85,10 @@ def _cmd_data(args) -> int:
 
     if args.action == "fetch":
         print(f"{args.name}: cached in {fetch(args.name, data_dir=args.data_dir)}")
+    elif args.action == "verify":
+        from .data import verify
+
+        print(verify(args.name, data_dir=args.data_dir))
     else:
         print(info(args.name, data_dir=args.data_dir))
     return 0
@@ -265,7 +269,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("data", help="fetch a dataset into the cache, or describe it")
-    p.add_argument("action", choices=["fetch", "info"])
+    p.add_argument("action", choices=["fetch", "info", "verify"])
     p.add_argument("name", help="mnist, fashion_mnist, cifar10, cifar100, digits")
     p.add_argument("--data-dir")
     p.set_defaults(func=_cmd_data)

@@ -231,3 +231,111 @@ def test_no_good_checkpoint_names_each_and_moves_nothing(tmp_path):
     assert sorted(os.listdir(tmp_path)) == before
     with pytest.raises(CheckpointError, match="does not exist"):
         _trainer(tmp_path / "empty").resume()
+
+
+# --- the dataset cache ---------------------------------------------------------------------------------
+@pytest.fixture
+def tiny(tmp_path, monkeypatch):
+    """The tiny IDX set of test_data_fetch, fetched from file:// URLs into tmp_path/cache."""
+    from convnp.data import sources as dsrc
+
+    from .test_data_fetch import idx_arrays, idx_spec, url_source, write_idx_dir
+
+    arrays = idx_arrays()
+    spec = idx_spec([url_source(write_idx_dir(tmp_path / "source", arrays))], arrays)
+    monkeypatch.setitem(dsrc.SPECS, "tiny", spec)
+    root = tmp_path / "cache"
+    dsrc.fetch_spec(spec, root, progress=False)
+    return spec, root, arrays
+
+
+def _flip_npy_byte(path) -> None:
+    """Flip one bit of the last data byte in place (the file keeps its size; its mtime moves)."""
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.seek(size - 1)
+        byte = f.read(1)[0]
+        f.seek(size - 1)
+        f.write(bytes([byte ^ 0x10]))
+
+
+def _count_hashes(monkeypatch) -> list:
+    from convnp.data import sources as dsrc
+
+    hashed, real = [], dsrc._sha256_file
+    monkeypatch.setattr(dsrc, "_sha256_file", lambda p: hashed.append(p.name) or real(p))
+    return hashed
+
+
+def test_loads_trust_the_stamp_and_rehash_only_changed_files(tiny, monkeypatch):
+    from convnp.data import load_dataset
+
+    spec, root, arrays = tiny
+    hashed = _count_hashes(monkeypatch)
+    load_dataset("tiny", "train", root)
+    assert hashed == []  # stamped at fetch time: size and mtime match
+    x = root / "tiny" / "train_x.npy"
+    os.utime(x, ns=(x.stat().st_atime_ns, x.stat().st_mtime_ns + 10**9))  # touched, same bytes
+    load_dataset("tiny", "train", root)
+    load_dataset("tiny", "train", root)
+    assert hashed == ["train_x.npy"]  # hashed once, then stamped again
+    (root / "tiny" / "verified.json").unlink()  # a cache fetched before stamps existed
+    load_dataset("tiny", "test", root)
+    assert hashed[1:] == ["test_x.npy", "test_y.npy"]
+    assert set(json.loads((root / "tiny" / "verified.json").read_text())) == {"test_x.npy", "test_y.npy"}
+
+
+def test_flipped_byte_in_the_cache_is_caught_at_load_and_fetched_again(tiny, capsys):
+    from convnp.data import info, load_dataset
+
+    spec, root, arrays = tiny
+    x = root / "tiny" / "train_x.npy"
+    _flip_npy_byte(x)
+    ds = load_dataset("tiny", "train", root, dtype="uint8")
+    np.testing.assert_array_equal(ds.x, arrays["train_x"])  # the good bytes, fetched again
+    err = capsys.readouterr().err
+    assert f"{x}: SHA-256" in err and "fetching tiny again" in err, err
+    _flip_npy_byte(x)
+    text = info("tiny", root)
+    checked = [line for line in text.splitlines() if "checked:" in line]
+    assert len(checked) == 1 and f"{x}: SHA-256" in checked[0] and "fetched again" in checked[0], text
+    text = info("tiny", root)
+    assert "checked: 4 array files by size and mtime against their SHA-256 check at" in text, text
+    assert "convnp data verify tiny" in text
+
+
+def test_corrupt_cache_without_a_source_is_refused_naming_the_file(tiny):
+    import shutil
+
+    from convnp.data import info, load_dataset
+    from convnp.errors import DataError
+
+    spec, root, _ = tiny
+    shutil.rmtree(root.parent / "source")  # the only source is gone
+    y = root / "tiny" / "test_y.npy"
+    _flip_npy_byte(y)
+    for load in (lambda: load_dataset("tiny", "test", root), lambda: info("tiny", root)):
+        with pytest.raises(DataError) as err:
+            load()
+        msg = str(err.value)
+        assert f"{y}: SHA-256" in msg and "fetching it again failed" in msg, msg
+    assert load_dataset("tiny", "train", root).x.shape == (6, 1, 4, 4)  # the other split is intact
+
+
+def test_data_verify_catches_what_the_cheap_check_cannot(tiny, capsys):
+    from convnp.cli import main
+    from convnp.data import load_dataset
+
+    spec, root, arrays = tiny
+    assert main(["data", "verify", "tiny", "--data-dir", str(root)]) == 0
+    assert "is intact: checked 4 array files by SHA-256 at" in capsys.readouterr().out
+    x = root / "tiny" / "train_x.npy"
+    st = x.stat()
+    _flip_npy_byte(x)
+    os.utime(x, ns=(st.st_atime_ns, st.st_mtime_ns))  # same size, same mtime: the stamp still matches
+    assert load_dataset("tiny", "train", root, dtype="uint8").x.tobytes() != arrays["train_x"].tobytes()
+    assert main(["data", "verify", "tiny", "--data-dir", str(root)]) == 2
+    err = capsys.readouterr().err
+    assert "convnp data: error: tiny: the cache" in err and f"{x}: SHA-256" in err, err
+    ds = load_dataset("tiny", "train", root, dtype="uint8", progress=False)  # its stamp is gone now
+    np.testing.assert_array_equal(ds.x, arrays["train_x"])
