@@ -208,24 +208,28 @@ def test_force_refetch_replaces_cache(tmp_path):
     np.testing.assert_array_equal(np.load(root / "tiny" / "train_x.npy"), arrays["train_x"])
 
 
-def test_damaged_cache_is_reported(tmp_path, monkeypatch):
-    spec = idx_spec([url_source(write_idx_dir(tmp_path / "good", idx_arrays()))])
+def test_damaged_cache_is_reported_or_fetched_again(tmp_path, monkeypatch):
+    arrays = idx_arrays()
+    spec = idx_spec([url_source(write_idx_dir(tmp_path / "good", arrays))], arrays)
     root = tmp_path / "cache"
     dsrc.fetch_spec(spec, root, progress=False)
-    dsrc.verify_cache(spec, root)
+    assert set(dsrc.verify_cache(spec, root)) == set(dsrc.all_files(spec))
     monkeypatch.setitem(dsrc.SPECS, "tiny", spec)
     x_path = root / "tiny" / "train_x.npy"
-    arr = np.load(x_path)
-    arr[0, 0, 0, 0] ^= 1
-    np.save(x_path, arr)
-    with pytest.raises(DataError, match="changed since it was verified"):
+    damaged = np.load(x_path)
+    damaged[0, 0, 0, 0] ^= 1
+    np.save(x_path, damaged)
+    with pytest.raises(dsrc.CorruptCache, match=f"{x_path}: SHA-256 .* was recorded when it was fetched"):
         dsrc.verify_cache(spec, root)
-    np.save(x_path, arr[:5])
-    with pytest.raises(DataError, match=r"expected \(6, 1, 4, 4\) uint8; delete"):
-        datasets.load_dataset("tiny", "train", root)
-    x_path.unlink()
-    with pytest.raises(DataError, match="cannot read.*force=True"):
-        datasets.load_dataset("tiny", "train", root)
+    with pytest.raises(dsrc.CorruptCache, match="train_x.npy.*force=True"):
+        datasets.load_dataset("tiny", "train", root, download=False)
+    ds = datasets.load_dataset("tiny", "train", root, dtype="uint8", progress=False)  # fetched again
+    np.testing.assert_array_equal(ds.x, arrays["train_x"])
+    for damage in (lambda: np.save(x_path, damaged[:5]), x_path.unlink):
+        damage()
+        with pytest.raises(DataError, match="corrupt.*train_x.npy"):
+            datasets.load_dataset("tiny", "train", root, download=False)
+        dsrc.fetch_spec(spec, root, force=True, progress=False)
 
 
 def test_wrong_split_sizes_rejected(tmp_path):

@@ -43,7 +43,7 @@ def test_mnist_real_fetch_and_cache(tmp_path, monkeypatch):
     folder = fetch_or_skip("mnist", root)
     assert sorted(os.listdir(root)) == ["mnist"]
     assert sorted(os.listdir(folder)) == ["manifest.json", "test_x.npy", "test_y.npy",
-                                          "train_x.npy", "train_y.npy"]
+                                          "train_x.npy", "train_y.npy", "verified.json"]
     forbid_network(monkeypatch)  # the second load is served from the cache alone
     train = datasets.load_dataset("mnist", "train", root)
     test = datasets.load_dataset("mnist", "test", root, dtype="uint8")

@@ -17,6 +17,7 @@ import pytest
 import safetensors.numpy as stnp
 from convnp.errors import ShapeError
 from convnp.io.model_file import load_model, model_info, save_model
+from convnp.io.safetensors_file import tensor_digest
 from convnp.layers.activation import ReLU
 from convnp.layers.base import LAYER_TYPES, Layer, layer_from_config, layer_to_config
 from convnp.layers.linear import Flatten, Linear
@@ -197,8 +198,9 @@ def _rewrite(src, dst, arrays=None, **md_changes):
     with safe_open(str(src), framework="numpy") as f:
         md = dict(f.metadata())
         tensors = {k: f.get_tensor(k) for k in f.keys()}
-    if arrays is not None:
+    if arrays is not None:  # a consistent file: digests of the new arrays
         tensors = arrays(tensors)
+        md["sha256"] = json.dumps({k: tensor_digest(v) for k, v in tensors.items()})
     for k, v in md_changes.items():
         if v is None:
             md.pop(k, None)

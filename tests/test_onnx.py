@@ -433,7 +433,7 @@ def test_missing_onnx_package_is_a_clear_error(monkeypatch, tmp_path):
 # --- export_model: what `convnp export` runs ------------------------------------------------------
 def test_export_model_from_a_saved_model_file(tmp_path):
     from convnp.io.model_file import save_model
-    from convnp.io.onnx_export import export_model
+    from convnp.app.export import export_model
 
     onnx, _ = _deps()
     net = _randomize(get_model("lenet5", num_classes=3, rng=0))
@@ -452,7 +452,7 @@ def test_export_model_from_a_saved_model_file(tmp_path):
 
 
 def test_export_model_from_zoo_names_and_specs(tmp_path):
-    from convnp.io.onnx_export import export_model
+    from convnp.app.export import export_model
     from convnp.io.torch_weights import save_torch_state_dict
 
     _deps()

@@ -135,10 +135,12 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_data(args) -> int:
-    from ..data import fetch, info
+    from ..data import fetch, info, verify
 
     if args.action == "fetch":
         print(f"{args.name}: cached in {fetch(args.name, data_dir=args.data_dir)}")
+    elif args.action == "verify":
+        print(verify(args.name, data_dir=args.data_dir))
     else:
         print(info(args.name, data_dir=args.data_dir))
     return 0
@@ -190,7 +192,7 @@ def _cmd_check(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from ..io.onnx_export import export_model
+    from .export import export_model
     from ..inspect.summary import parse_input_shape
 
     _check_model(args.model, "MODEL", {"num_classes": "--classes", "rng": "convnp export (seed 0)"})
@@ -335,8 +337,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", help="C x H x W to resize to, for a model that records no input shape")
     p.set_defaults(func=_cmd_predict)
 
-    p = command("data", help="fetch a dataset into the cache, or describe it")
-    p.add_argument("action", choices=["fetch", "info"])
+    p = command("data", help="fetch a dataset into the cache, describe it, or re-check every file")
+    p.add_argument("action", choices=["fetch", "info", "verify"])
     p.add_argument("name", help="mnist, fashion_mnist, cifar10, cifar100, digits")
     p.add_argument("--data-dir")
     p.set_defaults(func=_cmd_data)

@@ -68,6 +68,7 @@ class RunConfig:
     out_dir: str = "runs/latest"
     data_dir: str | None = None
     checkpoint_every: int | None = None
+    keep_checkpoints: int = 2         # the newest checkpoint and the previous ones kept for --resume to fall back on
     prefetch: int = 2
     # data-parallel training over MPI (``mpiexec -n W convnp train ... --distributed``)
     distributed: bool = False
@@ -352,7 +353,8 @@ def _train_run(cfg: RunConfig, out: Path, resume: bool, overwrite: bool, progres
             sched_args["start_factor"] = cfg.warmup_start
     schedule = get_schedule(cfg.schedule, optimizer=optimizer, total_steps=total, **sched_args)
     common = dict(val_loader=test_loader, schedule=schedule, out_dir=out, checkpoint_every=cfg.checkpoint_every,
-                  progress=progress, config=asdict(cfg), continue_on_nan=cfg.continue_on_nan)
+                  keep_checkpoints=cfg.keep_checkpoints, progress=progress, config=asdict(cfg),
+                  continue_on_nan=cfg.continue_on_nan)
     if comm is None:
         trainer = Trainer(net, make_loss(cfg.loss, cfg.label_smoothing), optimizer, train_loader, **common)
     else:

@@ -16,6 +16,7 @@ from .datasets import (
     info,
     list_datasets,
     load_dataset,
+    verify,
 )
 from .sources import cache_root
 from .loader import DataLoader
@@ -30,7 +31,7 @@ from .transforms import (
 )
 
 __all__ = [
-    "ArrayDataset", "ImageFolder", "DataLoader", "load_dataset", "list_datasets", "fetch", "info",
+    "ArrayDataset", "ImageFolder", "DataLoader", "load_dataset", "list_datasets", "fetch", "info", "verify",
     "channel_stats", "cache_root", "transforms", "Compose", "Normalize", "RandomCrop",
     "RandomHorizontalFlip", "CenterCrop", "Resize", "ToFloat",
 ]

@@ -3,11 +3,13 @@
 ``load_dataset("cifar10", split="train")`` returns an ``ArrayDataset`` whose ``x`` is
 float32 NCHW in [0, 1] (``dtype="uint8"`` keeps the raw bytes) and ``y`` int64 labels,
 with ``classes`` the class names. The first call fetches and caches the data; later calls
-read the cached ``.npy`` files and touch no network.
+read the cached ``.npy`` files and touch no network, unless a file fails its check
+(``sources.check_cache``): then the set is fetched again, never trained on.
 """
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -132,7 +134,8 @@ def load_dataset(name: str, split: str = "train", data_dir=None, *, dtype="float
         data_dir: cache root; default ``$CONVNP_DATA`` or ``~/.cache/convnp``.
         dtype: ``"float32"`` (default) or ``"float64"`` scale pixels to [0, 1];
             ``"uint8"`` returns the raw bytes (digits: 0..16).
-        download: fetch when not cached; with False a missing cache raises DataError.
+        download: fetch when not cached or when a cached file fails its check; with False
+            a missing cache raises DataError and a corrupt one CorruptCache (naming the file).
         label_mode: CIFAR-100 only: ``"fine"`` (100 classes) or ``"coarse"`` (20).
     """
     name = _canonical_name(name)
@@ -148,7 +151,13 @@ def load_dataset(name: str, split: str = "train", data_dir=None, *, dtype="float
             raise DataError(f"{name} is not in the cache {_src.dataset_dir(spec, data_dir)} "
                             f"and download=False; run convnp.data.fetch({name!r})")
         _src.fetch_spec(spec, data_dir, progress=progress)
-    arrays, manifest = _src.load_cached(spec, split, data_dir)
+    try:
+        arrays, manifest = _src.load_cached(spec, split, data_dir)
+    except _src.CorruptCache as err:
+        if not download:
+            raise
+        _refetch(spec, data_dir, err, progress)
+        arrays, manifest = _src.load_cached(spec, split, data_dir)
     if label_mode == "coarse":
         if not spec.num_coarse:
             raise ConfigError(f"{name} has no coarse labels (label_mode='coarse' is for cifar100)")
@@ -156,6 +165,43 @@ def load_dataset(name: str, split: str = "train", data_dir=None, *, dtype="float
     else:
         y, classes = arrays["y"], manifest["classes"]
     return ArrayDataset(_to_dtype(arrays["x"], dtype, 255.0), y, classes)
+
+
+def _refetch(spec, data_dir, err: _src.CorruptCache, progress: bool) -> None:
+    """Fetch a corrupt cached set again, saying so; DataError naming the bad files if that fails."""
+    corrupt = f"{spec.name}: the cache is corrupt: {'; '.join(err.problems)}"
+    print(f"convnp: {corrupt}; fetching {spec.name} again", file=sys.stderr, flush=True)
+    try:
+        _src.fetch_spec(spec, data_dir, force=True, progress=progress)
+    except DataError as fetch_err:
+        raise DataError(f"{corrupt}; fetching it again failed: {fetch_err}") from None
+
+
+def _checked(checked: dict) -> str:
+    """What a cache check did, from ``sources.check_cache``'s {file: (how, when)}."""
+    hashed = [when for how, when in checked.values() if how == "sha256"]
+    stamped = [when for how, when in checked.values() if how == "stamp"]
+    parts = [f"{len(hashed)} array files by SHA-256 at {max(hashed)}"] if hashed else []
+    if stamped:
+        parts.append(f"{len(stamped)} array files by size and mtime against their SHA-256 check at "
+                     f"{min(stamped)}")
+    return ", ".join(parts)
+
+
+def verify(name: str, data_dir=None) -> str:
+    """Re-hash every cached file of ``name`` against the SHA-256 recorded at fetch time; a report.
+
+    CorruptCache (a DataError) names each file that differs; nothing is fetched.
+    """
+    name = _canonical_name(name)
+    if name == "digits":
+        return "digits: nothing to verify (scikit-learn's own data file, not convnp's cache)"
+    spec = _src.SPECS[name]
+    if not _src.is_cached(spec, data_dir):
+        raise DataError(f"{name} is not in the cache {_src.dataset_dir(spec, data_dir)}; run "
+                        f"convnp data fetch {name}")
+    checked = _src.verify_cache(spec, data_dir)
+    return f"{name}: {_src.dataset_dir(spec, data_dir)} is intact: checked {_checked(checked)}"
 
 
 def fetch(name: str, data_dir=None, *, force: bool = False, progress: bool = True) -> Path:
@@ -209,10 +255,20 @@ def info(name: str, data_dir=None, *, download: bool = True, progress: bool = Tr
         spec = _src.SPECS[name]
         if not _src.is_cached(spec, data_dir) and download:
             _src.fetch_spec(spec, data_dir, progress=progress)
+        try:
+            checked = f"  checked: {_checked(_src.check_cache(spec, data_dir))}"
+        except _src.CorruptCache as err:
+            if not download:
+                raise
+            _refetch(spec, data_dir, err, progress)
+            again = _checked(_src.check_cache(spec, data_dir))
+            checked = f"  checked: found {'; '.join(err.problems)}; fetched again, then checked {again}"
         manifest = _src.read_manifest(spec, data_dir)
         where, title = _src.dataset_dir(spec, data_dir), spec.title
-        source = f"{manifest['source']} (fetched {manifest.get('fetched', '?')}, SHA-256 verified)"
+        source = f"{manifest['source']} (fetched {manifest.get('fetched', '?')})"
     lines = [f"{name}: {title}", f"  cache:  {where}", f"  source: {source}"]
+    if name != "digits":
+        lines.append(checked + f" (a full check: convnp data verify {name})")
     for split in SPLITS:
         ds = load_dataset(name, split, data_dir, dtype="uint8", download=download,
                           progress=progress)

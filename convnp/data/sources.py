@@ -22,6 +22,14 @@ trusted name; the temporary folder is removed on the way out (and stale ones fro
 process are swept by the next fetch). If every source fails, DataError lists each source
 and why it failed. The cache root is ``data_dir``, else ``$CONVNP_DATA``, else
 ``~/.cache/convnp``.
+
+Every load re-checks the files it reads, cheaply: ``verified.json`` records each ``.npy``
+file's size and mtime_ns as of its last full SHA-256 check (at fetch time, then whenever a
+file had to be re-hashed); a file whose size or mtime differs from its stamp is hashed again
+and compared with the manifest. ``verify_cache`` re-hashes every file (``convnp data verify``).
+A mismatch raises CorruptCache naming the files (``load_dataset`` then fetches again).
+A file rewritten with its old size and mtime restored passes the cheap check; only
+``verify_cache`` catches that.
 """
 
 from __future__ import annotations
@@ -44,12 +52,13 @@ from typing import Callable
 
 import numpy as np
 
-from ..errors import DataError
+from ..errors import ConvnpError, DataError
 from . import formats
 
 ENV_VAR = "CONVNP_DATA"
 APT_ENV_VAR = "CONVNP_APT_INSTALL"
 MANIFEST = "manifest.json"
+STAMP = "verified.json"  # file name -> size, mtime_ns and SHA-256 at its last full check
 CACHE_FORMAT = 1
 DOWNLOAD_TIMEOUT_S = 60.0
 NPM_TIMEOUT_S = 1800.0
@@ -90,6 +99,10 @@ def _sha256_file(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
 
 
 def _check_digest(path: Path, expected: str | None, what: str) -> None:
@@ -612,17 +625,19 @@ def _sweep_stale(root: Path, name: str) -> None:
 
 def _write_stage(stage: Path, spec: Spec, arrays: dict, manifest: dict, source: Source) -> None:
     stage.mkdir()
-    files = {}
+    files, stamps, now = {}, {}, _now()
     for split in spec.counts:
         for key in ("x",) + spec.label_arrays:
             fname = f"{split}_{key}.npy"
             np.save(stage / fname, np.ascontiguousarray(arrays[f"{split}_{key}"]),
                     allow_pickle=False)
             files[fname] = _sha256_file(stage / fname)
+            stamps[fname] = dict(_seen(stage / fname, files[fname]), verified=now)
+    (stage / STAMP).write_text(json.dumps(stamps, indent=1))  # the rename below keeps the mtimes
     manifest = dict(
         name=spec.name, format=CACHE_FORMAT, title=spec.title, source=source.describe(),
-        fetched=_dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        counts=dict(spec.counts), image_shape=list(spec.image_shape), files=files, **manifest)
+        fetched=now, counts=dict(spec.counts), image_shape=list(spec.image_shape), files=files,
+        **manifest)
     with open(stage / MANIFEST, "w") as f:  # written last: its presence marks a complete folder
         json.dump(manifest, f, indent=1)
         f.flush()
@@ -693,11 +708,103 @@ def read_manifest(spec: Spec, data_dir=None) -> dict:
     return manifest
 
 
+class CorruptCache(DataError):
+    """Cached array files differ from the SHA-256 digests recorded when they were fetched.
+
+    ``problems`` holds one line per bad file, naming it.
+    """
+
+    def __init__(self, message: str, problems: list[str]):
+        super().__init__(message)
+        self.problems = problems
+
+
+def _seen(path: Path, sha256: str | None) -> dict:
+    """What a stamp binds a file's digest to: its size and mtime_ns now."""
+    st = os.stat(path)
+    return {"size": st.st_size, "mtime_ns": st.st_mtime_ns, "sha256": sha256}
+
+
+def _read_stamps(folder: Path) -> dict:
+    try:
+        stamps = json.loads((folder / STAMP).read_text())
+    except (OSError, ValueError):
+        return {}  # none yet (a cache fetched before stamps) or damaged: every file is hashed
+    return stamps if isinstance(stamps, dict) else {}
+
+
+def _check_files(spec: Spec, data_dir, names, full: bool) -> dict:
+    """Check the cached files ``names`` (see the module docstring); {name: (how, when)}.
+
+    ``how`` is "stamp" (size and mtime_ns match the stamp of the full check at ``when``) or
+    "sha256" (hashed now). Files that pass a hash are stamped again, those that fail lose their
+    stamp; the stamp file is written atomically and skipped where the cache is read-only.
+    """
+    from ..io.safetensors_file import atomic_write_bytes  # noqa: PLC0415 - convnp.io imports layers
+
+    folder = dataset_dir(spec, data_dir)
+    recorded = read_manifest(spec, data_dir).get("files") or {}
+    stamps = _read_stamps(folder)
+    old, checked, bad, now = dict(stamps), {}, [], _now()
+    for name in names:
+        path = folder / name
+        want = recorded.get(name)
+        try:
+            seen = _seen(path, want)
+        except OSError as exc:
+            bad.append(f"{path}: {exc.strerror or exc}")
+            stamps.pop(name, None)
+            continue
+        stamp = stamps.get(name)
+        unchanged = isinstance(stamp, dict) and {k: stamp.get(k) for k in seen} == seen
+        if not full and want is not None and unchanged:
+            checked[name] = ("stamp", stamp.get("verified", "?"))
+            continue
+        got = _sha256_file(path)
+        if got != want:
+            bad.append(f"{path}: SHA-256 {got}, but " + (f"{want} was recorded when it was fetched"
+                                                         if want else f"{MANIFEST} records none"))
+            stamps.pop(name, None)
+        else:
+            stamps[name] = dict(seen, verified=now)
+            checked[name] = ("sha256", now)
+    if stamps != old:
+        try:
+            atomic_write_bytes(folder / STAMP, json.dumps(stamps, indent=1).encode())
+        except (OSError, ConvnpError):
+            pass  # a read-only cache: the next load hashes these files again
+    if bad:
+        raise CorruptCache(f"{spec.name}: the cache in {folder} is corrupt: " + "; ".join(bad)
+                           + f"; {_hint(spec, folder)}", bad)
+    return checked
+
+
+def split_files(spec: Spec, split: str) -> list[str]:
+    """The cached ``.npy`` files of one split."""
+    return [f"{split}_{key}.npy" for key in ("x",) + spec.label_arrays]
+
+
+def all_files(spec: Spec) -> list[str]:
+    """The cached ``.npy`` files of every split."""
+    return [name for split in spec.counts for name in split_files(spec, split)]
+
+
+def check_cache(spec: Spec, data_dir=None, names=None) -> dict:
+    """The cheap check of a load: only files whose size or mtime changed are hashed."""
+    return _check_files(spec, data_dir, names if names is not None else all_files(spec), full=False)
+
+
+def verify_cache(spec: Spec, data_dir=None) -> dict:
+    """Re-hash every cached ``.npy`` file against the manifest; CorruptCache names each mismatch."""
+    return _check_files(spec, data_dir, all_files(spec), full=True)
+
+
 def load_cached(spec: Spec, split: str, data_dir=None) -> tuple[dict, dict]:
-    """The arrays of one split from the cache (no network), and the manifest."""
+    """The arrays of one split from the cache (no network, ``check_cache``-ed) and the manifest."""
     folder = dataset_dir(spec, data_dir)
     hint = _hint(spec, folder)
     manifest = read_manifest(spec, data_dir)
+    check_cache(spec, data_dir, split_files(spec, split))
     n = spec.counts[split]
     out = {}
     for key in ("x",) + spec.label_arrays:
@@ -712,14 +819,3 @@ def load_cached(spec: Spec, split: str, data_dir=None) -> tuple[dict, dict]:
                             f"uint8; {hint}")
         out[key] = arr
     return out, manifest
-
-
-def verify_cache(spec: Spec, data_dir=None) -> None:
-    """Re-hash the cached ``.npy`` files against the manifest; DataError on any difference."""
-    folder = dataset_dir(spec, data_dir)
-    manifest = read_manifest(spec, data_dir)
-    for fname, want in manifest.get("files", {}).items():
-        got = _sha256_file(folder / fname)
-        if got != want:
-            raise DataError(f"{spec.name}: {folder / fname} changed since it was verified "
-                            f"(SHA-256 {got}, manifest {want})")

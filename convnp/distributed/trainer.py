@@ -19,7 +19,7 @@ import numpy as np
 
 from ..errors import ConfigError
 from ..optim import clip_grad_norm
-from ..train.checkpoint import CheckpointError
+from ..train.checkpoint import CheckpointError, load_last_good
 from ..train.trainer import Trainer, TrainingError
 from .parallel import DataParallel
 
@@ -135,11 +135,16 @@ class DistributedTrainer(Trainer):
             super()._write_history()
 
     def resume(self, path=None) -> None:
+        newest_good = path is None
         path = Path(path) if path is not None else self.checkpoint_path
         data, problem = None, ""
         if self.rank == 0:
             try:
+                if newest_good:  # skips a corrupt newer checkpoint, with a message, as Trainer.resume does
+                    path = load_last_good(path)[0]
                 data = path.read_bytes()
+            except CheckpointError as err:
+                problem = f": {err}"
             except OSError as err:
                 problem = f": {err.strerror or err}"
         data = self.comm.bcast_bytes(data, root=0, what="checkpoint broadcast")

@@ -22,7 +22,7 @@ from collections.abc import Mapping
 
 from ..errors import ConvnpError
 from ..layers.base import LAYER_TYPES, layer_from_config, layer_to_config
-from ..train.checkpoint import (
+from .safetensors_file import (
     MODEL_FORMAT,
     VERSION,
     CheckpointError,

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import ConvnpError
+from ..errors import ConfigError, ConvnpError
 from ..optim import clip_grad_norm, join_state_dict, split_state_dict
-from .checkpoint import (CheckpointError, atomic_write_bytes, load_checkpoint, restore_rng, rng_state,
-                         save_checkpoint)
+from .checkpoint import (CheckpointError, atomic_write_bytes, keep_previous, load_checkpoint, load_last_good,
+                         restore_rng, rng_state, save_checkpoint)
 
 #: Entries of a checkpoint's meta that ``Trainer.resume`` restores, and those of its "trainer" entry.
 RESUME_ENTRIES = ("trainer", "optimizer", "layer_rngs", "loader", "history")
@@ -88,12 +88,17 @@ class Trainer:
 
     def __init__(self, net, loss, optimizer, train_loader, val_loader=None, schedule=None,
                  callbacks=(), out_dir=None, checkpoint_every: int | None = None, clip_norm=None,
-                 progress: bool = True, config: dict | None = None, continue_on_nan: bool = False):
+                 progress: bool = True, config: dict | None = None, continue_on_nan: bool = False,
+                 keep_checkpoints: int = 2):
         self.net, self.loss, self.optimizer, self.schedule = net, loss, optimizer, schedule
         self.train_loader, self.val_loader = train_loader, val_loader
         self.callbacks = list(callbacks)
         self.out_dir = Path(out_dir) if out_dir is not None else None
         self.checkpoint_every = checkpoint_every  # steps; None: at the end of each epoch only
+        if isinstance(keep_checkpoints, bool) or not isinstance(keep_checkpoints, int) or keep_checkpoints < 1:
+            raise ConfigError(f"Trainer: keep_checkpoints must be an integer >= 1, got {keep_checkpoints!r}")
+        self.keep_checkpoints = keep_checkpoints  # the newest and keep_checkpoints - 1 previous ones
+        self.last_checkpoint = None  # the checkpoint last written or resumed from
         self.clip_norm, self.progress = clip_norm, progress
         self.continue_on_nan = continue_on_nan  # NaN/inf validation metrics: warn and go on instead of stopping
         self.config = dict(config or {})
@@ -110,8 +115,7 @@ class Trainer:
         loss, dscores = self.loss(scores, y)
         if not math.isfinite(loss):
             where = f"epoch {self.epoch + 1}, step {self.step_in_epoch + 1}"
-            kept = self.out_dir is not None and self.checkpoint_path.exists()
-            hint = f"; the last good checkpoint is {self.checkpoint_path}" if kept else ""
+            hint = f"; the last good checkpoint is {self.last_checkpoint}" if self.last_checkpoint else ""
             raise TrainingError(f"loss became {loss} at {where}; lower the learning rate or check the data{hint}")
         self.net.backward(dscores)
         grads = self.net.named_grads()
@@ -216,8 +220,15 @@ class Trainer:
         return self.out_dir / "checkpoint.safetensors"
 
     def save_checkpoint(self, path=None) -> Path:
-        """Everything needed to continue bit-exactly, in one atomically written safetensors file."""
-        path = Path(path) if path is not None else self.checkpoint_path
+        """Everything needed to continue bit-exactly, in one atomically written safetensors file.
+
+        The default path keeps the previous ``keep_checkpoints - 1`` checkpoints beside it
+        (``checkpoint.1.safetensors`` the newest of them), for ``resume`` to fall back on.
+        """
+        if path is None:
+            path = self.checkpoint_path
+            keep_previous(path, self.keep_checkpoints)
+        path = Path(path)
         arrays = {f"model/{k}": v for k, v in self.net.state_dict().items()}
         opt_arrays, opt_meta = split_state_dict(self.optimizer.state_dict())
         arrays.update({f"optim/{k}": v for k, v in opt_arrays.items()})
@@ -235,12 +246,20 @@ class Trainer:
         }
         path.parent.mkdir(parents=True, exist_ok=True)
         save_checkpoint(path, arrays, meta)
+        self.last_checkpoint = path
         return path
 
     def resume(self, path=None) -> None:
-        """Restore weights, optimizer, schedule, RNGs, loader position and history from a checkpoint."""
-        path = Path(path) if path is not None else self.checkpoint_path
-        arrays, meta = load_checkpoint(path)
+        """Restore weights, optimizer, schedule, RNGs, loader position and history from a checkpoint.
+
+        Without ``path``: from the newest checkpoint in ``out_dir`` that loads, falling back to the
+        kept previous ones, with a message, when a newer one is corrupt (``load_last_good``).
+        """
+        if path is None:
+            path, arrays, meta = load_last_good(self.checkpoint_path)
+        else:
+            path = Path(path)
+            arrays, meta = load_checkpoint(path)
         check_resume_meta(path, meta)
         model = {k[len("model/"):]: v for k, v in arrays.items() if k.startswith("model/")}
         self.net.load_state_dict(model)
@@ -266,6 +285,7 @@ class Trainer:
         self.elapsed = t["elapsed"]
         self._epoch_sums = dict(t["sums"])
         self.history = list(meta["history"])
+        self.last_checkpoint = path
 
     def _write_history(self) -> None:
         atomic_write_bytes(self.out_dir / "history.json", json.dumps(self.history, indent=1).encode())
